@@ -1,0 +1,328 @@
+"""Typed, strict configuration: dataclass defaults, TOML files, presets, CLI overrides.
+
+Precedence: a command-line flag beats the config file, which beats the preset,
+which beats the defaults. Defaults are the papers' values (named per field);
+an unknown key fails with a suggestion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .space.primitives import PRIMITIVES
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "digits"  # "digits", a CIFAR-10 python dir, an image folder, or a .npz
+    split_seed: int = 0  # seed of the train/val/test split (fixed per dataset, not per run)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2  # ignored where the source ships a test split
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """DARTS search; defaults from Liu et al. 2019, sec. 3.1.1 (CIFAR-10 search)."""
+
+    strategy: str = "darts"  # darts | random | evolution | rl
+    epochs: int = 50
+    batch_size: int = 64
+    C: int = 16
+    layers: int = 8
+    steps: int = 4  # intermediate nodes per cell
+    multiplier: int = 4  # nodes concatenated into the cell output
+    stem_multiplier: int = 3
+    primitives: tuple[str, ...] = PRIMITIVES
+    order: int = 1  # 1: first-order DARTS; 2: unrolled second-order step (eq. 7)
+    train_portion: float = 0.5  # share of the training split for weights; the rest updates alpha
+    w_lr: float = 0.025  # SGD, cosine-annealed to w_lr_min
+    w_lr_min: float = 0.001
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    a_lr: float = 3e-4  # Adam on alpha
+    a_beta1: float = 0.5
+    a_beta2: float = 0.999
+    a_weight_decay: float = 1e-3
+    seed: int = 2
+    device: str = "cpu"
+    kernel: str = "auto"  # auto | fused | reference
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    latency_target: float | None = None  # ms; None: no latency term
+    latency_weight: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Retraining from scratch; defaults from the DARTS CIFAR-10 evaluation recipe (sec. 3.2)."""
+
+    epochs: int = 600
+    batch_size: int = 96
+    C: int = 36
+    layers: int = 20
+    lr: float = 0.025  # SGD, cosine-annealed to lr_min
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    auxiliary: bool = True
+    auxiliary_weight: float = 0.4
+    drop_path_prob: float = 0.2  # raised linearly from 0 over the epochs
+    cutout: bool = True
+    cutout_length: int | None = None  # None: half the image side (16 at 32x32, as in the paper)
+    stem: str = "auto"  # auto | cifar | imagenet ("auto": imagenet for inputs >= 128 px)
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 20
+    parity_batch: int = 16  # the larger parity batch next to batch 1
+    parity_atol: float = 1e-4  # max |onnx - torch| on logits that still passes
+    variants: tuple[str, ...] = ("fp32",)
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """How to profile. Defaults: a latency sweep that finishes in seconds for a CIFAR-size model."""
+
+    batch_sizes: tuple[int, ...] = (1, 8, 32)  # one timing per batch size; the model needs a dynamic batch axis
+    threads: int = 1  # ORT intra-op threads (and torch threads for the eager comparison)
+    warmup: int = 20  # untimed runs per batch size before timing
+    repeats: int = 100  # timed runs per batch size (at least)
+    min_time_s: float = 0.0  # also keep timing until this much time passed (for sub-ms models)
+    max_time_s: float | None = None  # stop a batch size's timing after this long (big models); None = no cap
+    provider: str = "CPUExecutionProvider"  # ORT execution provider, explicit, never a fallback list
+    opt_level: str = "all"  # ORT graph optimization: all | extended | basic | disable (deployment uses all)
+    top_ops: int = 10  # operator types listed in the breakdown; the rest is one "(other)" row
+    trace_runs: int = 10  # profiled runs (after 3 untimed ones) that the per-operator breakdown averages
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The resolved configuration of a whole run, saved as ``config.toml``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+
+
+SECTIONS = {f.name: f.type for f in fields(RunConfig)}
+_SECTION_TYPES = {"data": DataConfig, "search": SearchConfig, "train": TrainConfig, "export": ExportConfig,
+                  "profile": ProfileConfig}
+
+# Named overrides. "quick" finishes the digits pipeline in minutes on 2 CPU cores.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {},
+    "quick": {
+        "search": {"epochs": 10, "batch_size": 32, "C": 8, "layers": 5},
+        "train": {"epochs": 30, "batch_size": 64, "C": 16, "layers": 8, "drop_path_prob": 0.1},
+        "profile": {"repeats": 50, "warmup": 10},
+    },
+    "tiny": {  # for tests: seconds, not minutes
+        "search": {"epochs": 2, "batch_size": 32, "C": 4, "layers": 3, "steps": 2, "multiplier": 2},
+        "train": {"epochs": 2, "batch_size": 64, "C": 4, "layers": 3},
+        "profile": {"batch_sizes": (1, 4), "repeats": 5, "warmup": 2},
+    },
+}
+
+
+def _suggest(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(options)}"
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotated type; ints widen to floats, lists to tuples."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if origin is tuple:
+        (inner, *_rest) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}", f"write {where.split('.')[-1]} = [...]")
+        return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}",
+                          f"give {where.split('.')[-1]} a {tp.__name__} value")
+    return value
+
+
+def _resolved_hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def replace(section_obj, where: str = "", **overrides):
+    """A copy of a section with ``overrides`` applied (``None`` values are ignored) and checked."""
+    hints = _resolved_hints(type(section_obj))
+    names = [f.name for f in fields(section_obj)]
+    clean = {}
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k not in hints:
+            raise ConfigError(f"unknown key {where}{k!r}", _suggest(k, names))
+        clean[k] = _coerce(v, hints[k], f"{where}{k}")
+    obj = dataclasses.replace(section_obj, **clean)
+    validate(obj)
+    return obj
+
+
+def validate(obj) -> None:
+    """Range checks that every section's values must pass."""
+    def need(cond: bool, key: str, problem: str, fix: str):
+        if not cond:
+            raise ConfigError(f"{key} = {getattr(obj, key)!r}: {problem}", fix)
+
+    if isinstance(obj, SearchConfig):
+        for k in ("epochs", "batch_size", "C", "layers", "steps", "multiplier", "stem_multiplier"):
+            need(getattr(obj, k) > 0, k, "must be positive", f"give {k} >= 1")
+        need(obj.multiplier <= obj.steps, "multiplier", "cannot exceed steps", "use multiplier <= steps")
+        need(obj.order in (1, 2), "order", "DARTS has first (1) and second (2) order", "use order 1 or 2")
+        need(0 < obj.train_portion < 1, "train_portion", "must lie in (0, 1)", "0.5 is the paper's")
+        need(obj.strategy in ("darts", "random", "evolution", "rl"), "strategy", "unknown strategy",
+             "use darts, random, evolution or rl")
+        need(obj.kernel in ("auto", "fused", "reference"), "kernel", "unknown kernel", "use auto, fused or reference")
+        unknown = [p for p in obj.primitives if p not in PRIMITIVES]
+        need(not unknown, "primitives", f"unknown op {unknown[0] if unknown else ''!r}", f"choose from {PRIMITIVES}")
+        need(len(set(obj.primitives)) == len(obj.primitives) and len([p for p in obj.primitives if p != "none"]) >= 1,
+             "primitives", "needs distinct ops and at least one besides 'none'", "list each op once")
+        need(obj.threads is None or obj.threads > 0, "threads", "must be positive", "give threads >= 1")
+        need(obj.latency_target is None or obj.latency_target > 0, "latency_target", "must be positive (ms)",
+             "give a latency target in milliseconds > 0")
+        need(obj.latency_weight >= 0, "latency_weight", "must be >= 0", "give a non-negative weight")
+    elif isinstance(obj, TrainConfig):
+        for k in ("epochs", "batch_size", "C", "layers"):
+            need(getattr(obj, k) > 0, k, "must be positive", f"give {k} >= 1")
+        need(0 <= obj.drop_path_prob < 1, "drop_path_prob", "must lie in [0, 1)", "0.2 is the paper's")
+        need(obj.stem in ("auto", "cifar", "imagenet"), "stem", "unknown stem", "use auto, cifar or imagenet")
+        need(obj.threads is None or obj.threads > 0, "threads", "must be positive", "give threads >= 1")
+        need(obj.cutout_length is None or obj.cutout_length > 0, "cutout_length", "must be positive", "or omit it")
+    elif isinstance(obj, ProfileConfig):
+        need(len(obj.batch_sizes) > 0 and all(b > 0 for b in obj.batch_sizes), "batch_sizes",
+             "batch sizes must be positive", "e.g. --batch-sizes 1,8,32")
+        need(obj.threads > 0, "threads", "must be positive", "give --threads >= 1")
+        need(obj.warmup >= 0 and obj.repeats > 0, "repeats", "need warmup >= 0 and repeats >= 1", "e.g. 20 and 100")
+        need(obj.opt_level in ("all", "extended", "basic", "disable"), "opt_level", "unknown level",
+             "use all, extended, basic or disable")
+    elif isinstance(obj, ExportConfig):
+        need(obj.parity_batch > 0, "parity_batch", "must be positive", "e.g. 16")
+        need(7 <= obj.opset <= 23, "opset", "unsupported opset", "use an opset between 7 and 23 (20 is default)")
+    elif isinstance(obj, DataConfig):
+        need(0 < obj.val_fraction < 1, "val_fraction", "must lie in (0, 1)", "e.g. 0.1")
+        need(0 <= obj.test_fraction < 1, "test_fraction", "must lie in [0, 1)", "e.g. 0.2")
+
+
+def from_dict(obj: dict, source: str = "config") -> RunConfig:
+    """Build a RunConfig from nested sections, rejecting unknown sections/keys."""
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{source}: expected a table of sections", f"sections: {', '.join(SECTIONS)}")
+    cfg = RunConfig()
+    for name, values in obj.items():
+        if name not in _SECTION_TYPES:
+            raise ConfigError(f"{source}: unknown section [{name}]", _suggest(name, SECTIONS))
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table", f"write [{name}] then key = value lines")
+        section = replace(getattr(cfg, name), f"{name}.", **values)
+        cfg = dataclasses.replace(cfg, **{name: section})
+    return cfg
+
+
+def apply_preset(cfg: RunConfig, preset: str | None) -> RunConfig:
+    if preset is None:
+        return cfg
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}", _suggest(preset, PRESETS))
+    return merge(cfg, PRESETS[preset])
+
+
+def merge(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
+    """Apply nested ``{"section": {"key": value}}`` overrides (None values ignored)."""
+    for name, values in overrides.items():
+        section = replace(getattr(cfg, name), f"{name}.", **values)
+        cfg = dataclasses.replace(cfg, **{name: section})
+    return cfg
+
+
+def load_config(path: str | Path | None = None, preset: str | None = None,
+                overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+    """Defaults ← preset ← file ← overrides (flags)."""
+    cfg = apply_preset(RunConfig(), preset)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}", "check the --config path")
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p} is not valid TOML ({e})", "fix the syntax") from None
+        file_cfg = from_dict(raw, str(p))
+        # only keys present in the file override the preset
+        cfg = merge(cfg, {s: {k: getattr(getattr(file_cfg, s), k) for k in v} for s, v in raw.items()})
+    if overrides:
+        cfg = merge(cfg, overrides)
+    return cfg
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} to TOML")
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """Serialize; ``None`` values are left out (they mean 'default')."""
+    out = ["# nasdeploy run configuration (resolved)"]
+    for name in SECTIONS:
+        out.append(f"\n[{name}]")
+        for f in fields(getattr(cfg, name)):
+            v = getattr(getattr(cfg, name), f.name)
+            if v is not None:
+                out.append(f"{f.name} = {_toml_value(v)}")
+    return "\n".join(out) + "\n"
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> Path:
+    from .artifacts import atomic_write
+
+    return atomic_write(path, to_toml(cfg))
+
+
+def load_config_file(path: str | Path) -> RunConfig:
+    """A saved ``config.toml`` as a RunConfig (every key present)."""
+    return load_config(path)
+
+
+def config_diff(a: RunConfig, b: RunConfig, sections=tuple(SECTIONS)) -> list[tuple[str, Any, Any]]:
+    """``(section.key, a_value, b_value)`` for every differing key of ``sections``."""
+    out = []
+    for s in sections:
+        sa, sb = getattr(a, s), getattr(b, s)
+        for f in fields(sa):
+            va, vb = getattr(sa, f.name), getattr(sb, f.name)
+            if va != vb:
+                out.append((f"{s}.{f.name}", va, vb))
+    return out

@@ -1,0 +1,50 @@
+"""The mixed op of a DARTS edge: ``sum_i w_i * op_i(x)`` with ``w = softmax(alpha)``.
+
+The pure-PyTorch forward here is the reference: the oracle the fused kernel is
+tested against, and the fallback where the kernel is not built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .primitives import OPS
+
+
+class MixedOp(nn.Module):
+    """All candidates of one edge, ``ops[i]`` in the order of ``primitives``.
+
+    Args:
+        C: channels in and out.
+        stride: 1, or 2 for edges leaving the inputs of a reduction cell.
+        primitives: candidate names (columns of alpha).
+        kernel: ``"reference"`` or ``"fused"`` (already resolved, see nasdeploy.ops).
+    """
+
+    def __init__(self, C: int, stride: int, primitives: Sequence[str], kernel: str = "reference"):
+        super().__init__()
+        self.C = C
+        self.stride = stride
+        self.primitives = tuple(primitives)
+        self.kernel = kernel
+        self.ops = nn.ModuleList()
+        for name in self.primitives:
+            op = OPS[name](C, stride, False)
+            if "pool" in name:  # DARTS: an affine-free BN after each pool in the search net
+                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+            self.ops.append(op)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "fused":
+            from ..ops.mixed_op import fused_mixed_op_forward
+
+            return fused_mixed_op_forward(self, x, weights)
+        return reference_mixed_op(self.ops, x, weights)
+
+
+def reference_mixed_op(ops: Sequence[nn.Module], x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_i weights[i] * ops[i](x)``: every candidate output is kept by autograd."""
+    return sum(w * op(x) for w, op in zip(weights, ops))

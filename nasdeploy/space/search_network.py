@@ -1,0 +1,157 @@
+"""The DARTS search network (the supernet): cells of mixed edges plus alphas."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .genotype import Genotype, derive_genotype
+from .mixed_op import MixedOp
+from .primitives import PRIMITIVES, FactorizedReduce, ReLUConvBN
+
+
+def num_edges(steps: int) -> int:
+    """Edges of a cell with ``steps`` intermediate nodes: node i has 2 + i inputs."""
+    return sum(2 + i for i in range(steps))
+
+
+def edge_inputs(steps: int) -> list[tuple[int, int]]:
+    """``(node, input)`` per edge in alpha-row order; nodes 0, 1 are the cell inputs."""
+    return [(2 + i, j) for i in range(steps) for j in range(2 + i)]
+
+
+def reduction_layers(layers: int) -> tuple[int, ...]:
+    """Cells at 1/3 and 2/3 of the depth are reduction cells (DARTS)."""
+    return tuple(sorted({layers // 3, 2 * layers // 3})) if layers >= 3 else ()
+
+
+class SearchCell(nn.Module):
+    """A normal or reduction cell of mixed edges."""
+
+    def __init__(self, steps, multiplier, C_prev_prev, C_prev, C, reduction, reduction_prev, primitives, kernel):
+        super().__init__()
+        self.reduction = reduction
+        self.steps = steps
+        self.multiplier = multiplier
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList(
+            MixedOp(C, 2 if reduction and j < 2 else 1, primitives, kernel) for _, j in edge_inputs(steps)
+        )
+
+    def forward(self, s0, s1, weights):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for _ in range(self.steps):
+            s = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            offset += len(states)
+            states.append(s)
+        return torch.cat(states[-self.multiplier :], dim=1)
+
+
+class SearchNetwork(nn.Module):
+    """The DARTS supernet.
+
+    Args:
+        C: initial channels (16 in the paper's search).
+        num_classes: output classes.
+        layers: number of cells (8 in the paper's search).
+        in_channels: image channels.
+        steps: intermediate nodes per cell.
+        multiplier: how many last nodes are concatenated into the cell output.
+        stem_multiplier: the stem has ``stem_multiplier * C`` channels.
+        primitives: candidate op names, the columns of alpha.
+        kernel: mixed-op implementation, ``"auto" | "fused" | "reference"``.
+
+    Example:
+        >>> net = SearchNetwork(16, 10, 8)
+        >>> logits = net(torch.randn(2, 3, 32, 32))
+    """
+
+    def __init__(
+        self,
+        C: int,
+        num_classes: int,
+        layers: int,
+        in_channels: int = 3,
+        steps: int = 4,
+        multiplier: int = 4,
+        stem_multiplier: int = 3,
+        primitives: Sequence[str] = PRIMITIVES,
+        kernel: str = "reference",
+    ):
+        super().__init__()
+        from ..ops import resolve_kernel
+
+        self.C = C
+        self.num_classes = num_classes
+        self.layers = layers
+        self.in_channels = in_channels
+        self.steps = steps
+        self.multiplier = multiplier
+        self.stem_multiplier = stem_multiplier
+        self.primitives = tuple(primitives)
+        self.kernel = resolve_kernel(kernel)
+
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        reductions = reduction_layers(layers)
+        for i in range(layers):
+            reduction = i in reductions
+            if reduction:
+                C_curr *= 2
+            cell = SearchCell(
+                steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, self.primitives, self.kernel
+            )
+            reduction_prev = reduction
+            self.cells.append(cell)
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+        k, n = num_edges(steps), len(self.primitives)
+        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, n))
+        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, n))
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [self.alphas_normal, self.alphas_reduce]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if not n.startswith("alphas_")]
+
+    def config(self) -> dict:
+        """JSON-able constructor arguments (without the kernel)."""
+        return {
+            "C": self.C,
+            "num_classes": self.num_classes,
+            "layers": self.layers,
+            "in_channels": self.in_channels,
+            "steps": self.steps,
+            "multiplier": self.multiplier,
+            "stem_multiplier": self.stem_multiplier,
+            "primitives": list(self.primitives),
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s0 = s1 = self.stem(x)
+        w_normal = F.softmax(self.alphas_normal, dim=-1)
+        w_reduce = F.softmax(self.alphas_reduce, dim=-1)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+        out = self.global_pooling(s1)
+        return self.classifier(out.flatten(1))
+
+    def genotype(self) -> Genotype:
+        """Discretize the current alphas (see ``derive_genotype``)."""
+        return derive_genotype(
+            self.alphas_normal.detach(), self.alphas_reduce.detach(), self.primitives, self.steps, self.multiplier
+        )
