@@ -117,7 +117,7 @@ def pipeline(
         echo(f"train    skipped ({run.model} exists)")
     else:
         echo("train    ...")
-        train(genotype, cfg.train, data, run.root, progress=progress, resume=resume)
+        train(genotype, cfg.train, data, run.root, progress=progress, resume=resume and run.train_state.exists())
     seconds["train"] = time.perf_counter() - t
     model, ckpt = load_network(run.model)
 

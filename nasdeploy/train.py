@@ -1,0 +1,383 @@
+"""Retrain a genotype from scratch: the DARTS evaluation recipe (Liu et al., 2019, sec. 3.2).
+
+SGD with momentum and weight decay, cosine learning rate per epoch down to
+``lr_min``, cutout, drop-path raised linearly from 0 to ``drop_path_prob``,
+the auxiliary head's loss weighted by ``auxiliary_weight``, gradient-norm
+clipping. Files (DESIGN.md, ``train/``):
+
+- ``metrics.jsonl``: one record per epoch (train/val loss and accuracy, lr,
+  drop-path, seconds);
+- ``last.pt`` (kind ``train_state``): everything ``resume=True`` needs to
+  continue exactly — weights, optimizer, scheduler, epoch, RNG states, best;
+- ``best.pt`` (kind ``model``): the weights with the best validation accuracy;
+- ``model.pt`` (kind ``model``): those best weights with the final test
+  accuracy on the held-out split; what ``export`` reads.
+
+BatchNorm keeps running statistics, and evaluation runs in eval mode, so a
+sample's prediction never depends on the rest of its batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .artifacts import RunDir, append_jsonl, ensure_dir, load_checkpoint, read_jsonl, save_checkpoint, write_jsonl
+from .config import TrainConfig
+from .data import Dataset, DataSpec, batches
+from .errors import CheckpointError, ConfigError, DataError, GenotypeError
+from .space.genotype import Genotype
+from .space.network import Network, count_weights
+
+# Run settings that may change between a run and its resumption without changing the result.
+_RESUMABLE_CHANGES = ("device", "threads")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What ``train`` produced: file paths and headline figures."""
+
+    checkpoint: Path  # train/model.pt
+    best: Path  # train/best.pt
+    test_acc: float
+    best_val_acc: float
+    epochs: int
+    seconds: float  # wall time of this call (a resumed run counts only its own epochs)
+    n_params: int  # served weights (auxiliary head excluded)
+
+
+def stem_for(input_shape: tuple[int, ...], stem: str) -> str:
+    """Resolve ``"auto"``: the ImageNet stem (three stride-2 convs) for inputs of 128 px or more."""
+    if stem != "auto":
+        return stem
+    return "imagenet" if input_shape[1] >= 128 else "cifar"
+
+
+def cutout(x: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero one ``length`` x ``length`` square per image, centred anywhere and clipped (DeVries & Taylor 2017).
+
+    Applied after normalization as in the DARTS reference, so the hole is the mean pixel.
+    """
+    n, _, h, w = x.shape
+    cy = torch.randint(h, (n, 1), generator=generator)
+    cx = torch.randint(w, (n, 1), generator=generator)
+    rows, cols = torch.arange(h)[None], torch.arange(w)[None]
+    in_y = (rows >= (cy - length // 2).clamp(0, h)) & (rows < (cy + length // 2).clamp(0, h))
+    in_x = (cols >= (cx - length // 2).clamp(0, w)) & (cols < (cx + length // 2).clamp(0, w))
+    keep = ~(in_y[:, :, None] & in_x[:, None, :])  # n x h x w
+    return x * keep[:, None].to(device=x.device, dtype=x.dtype)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` in eval mode (its mode is restored after)."""
+    if len(y) == 0:
+        raise DataError("cannot evaluate on an empty split", "use a dataset with validation and test samples")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size = {batch_size!r}: must be positive", "give batch_size >= 1")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum, correct = 0.0, 0
+    try:
+        for xb, yb in batches(x, y, batch_size):
+            xb, yb = xb.to(device), yb.to(device)
+            logits = model(xb)
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+            correct += (logits.argmax(1) == yb).sum().item()
+    finally:
+        model.train(was_training)
+    return loss_sum / len(y), correct / len(y)
+
+
+def load_network(path: str | Path) -> tuple[Network, dict]:
+    """Rebuild the eval-mode Network from a ``model.pt`` alone.
+
+    Args:
+        path: a ``model``-kind checkpoint written by ``train`` (``model.pt`` or ``best.pt``).
+
+    Returns:
+        ``(network, payload)``: the network in eval mode on the CPU and the checkpoint dict.
+
+    Raises:
+        CheckpointError: missing, foreign or truncated file; a payload without
+            its genotype/network/state_dict; or weights that do not fit the
+            stored genotype and network configuration.
+    """
+    payload = load_checkpoint(path, "model")
+    missing = [k for k in ("genotype", "network", "state_dict", "data") if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}", "re-run `nasdeploy train`")
+    try:
+        genotype = Genotype.from_dict(payload["genotype"], source=f"{path} genotype")
+    except GenotypeError as e:
+        raise CheckpointError(f"{path}: stored genotype is invalid ({e.problem})", "re-run `nasdeploy train`") from None
+    try:
+        net = Network(genotype, **payload["network"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: stored network config is invalid ({e})", "re-run `nasdeploy train`") from None
+    try:
+        net.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:200]
+        raise CheckpointError(
+            f"{path}: state_dict does not match the genotype/network in the checkpoint ({detail})",
+            "the file was edited or mixed from two runs; re-run `nasdeploy train`",
+        ) from None
+    return net.eval(), payload
+
+
+def _device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device = {name!r}: not a torch device", "use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r}: CUDA is not available here", "use --device cpu")
+    return dev
+
+
+def _model_payload(model: Network, state_dict: dict, spec: DataSpec, cfg: TrainConfig, metrics: dict) -> dict:
+    return {
+        "genotype": model.genotype.to_dict(),
+        "network": model.config(),
+        "state_dict": state_dict,
+        "data": spec.to_dict(),
+        "metrics": metrics,
+        "train_config": dataclasses.asdict(cfg),
+    }
+
+
+def _cpu_state(model: nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def train(
+    genotype: Genotype,
+    cfg: TrainConfig,
+    data: Dataset,
+    out: str | Path,
+    progress: bool = True,
+    resume: bool = False,
+) -> TrainResult:
+    """Train the final network of ``genotype`` on ``data`` and write ``<out>/train/``.
+
+    Args:
+        genotype: the architecture (e.g. ``Genotype.load("DARTS_V2")``).
+        cfg: the recipe; defaults are the DARTS CIFAR-10 evaluation settings.
+        data: normalized splits; the validation split picks the best epoch,
+            the test split is scored once at the end.
+        out: the run directory (``train/`` is created inside it).
+        progress: show a tqdm bar over epochs on stderr.
+        resume: continue from ``train/last.pt`` exactly where it stopped
+            (same weights as an uninterrupted run); the recipe must match.
+
+    Returns:
+        TrainResult with the paths of ``model.pt``/``best.pt`` and the accuracies.
+
+    Raises:
+        ConfigError: bad device. DataError: data whose shape does not fit.
+        CheckpointError: ``resume`` without a usable ``last.pt``, or one from another run.
+
+    Example:
+        >>> data = load_dataset("digits")  # doctest: +SKIP
+        >>> train(GENOTYPES["DARTS_V2"], TrainConfig(epochs=2, C=4, layers=3), data, "runs/x")  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    run = RunDir(out)
+    ensure_dir(run.train)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = _device(cfg.device)
+    spec = data.spec
+    c_in, h, w = spec.input_shape
+    if tuple(data.x_train.shape[1:]) != tuple(spec.input_shape):
+        raise DataError(
+            f"training images are {tuple(data.x_train.shape[1:])}, spec says {spec.input_shape}",
+            "load the data with nasdeploy.data.load_dataset",
+        )
+    stem = stem_for(spec.input_shape, cfg.stem)
+    if stem == "imagenet" and min(h, w) < 16:
+        raise ConfigError(
+            f"train.stem = {cfg.stem!r}: the ImageNet stem needs inputs of 16 px or more, got {h}x{w}",
+            "use stem = cifar for small images",
+        )
+    cut_len = cfg.cutout_length or max(1, min(h, w) // 2)
+
+    # The only process-wide effect: seed the global RNG (weight init, drop-path masks).
+    torch.manual_seed(cfg.seed)
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    cutout_gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    model = Network(
+        genotype, cfg.C, spec.num_classes, cfg.layers, auxiliary=cfg.auxiliary, in_channels=c_in, stem=stem
+    ).to(device)
+    n_params = count_weights(model, exclude_prefix="auxiliary_head")
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr_min)
+
+    start_epoch, best_val_acc, best_epoch = 0, -1.0, -1
+    if resume:
+        state = _load_train_state(run.train_state, model, genotype, cfg, spec)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        shuffle_gen.set_state(state["rng"]["shuffle"])
+        cutout_gen.set_state(state["rng"]["cutout"])
+        start_epoch, best_val_acc, best_epoch = state["epoch"], state["best_val_acc"], state["best_epoch"]
+        # A kill between the metrics append and last.pt leaves a record too many.
+        write_jsonl(run.train_metrics, [r for r in read_jsonl(run.train_metrics) if r.get("epoch", 0) <= start_epoch])
+    else:
+        write_jsonl(run.train_metrics, [])
+
+    # BatchNorm cannot train on a last batch of one sample (1x1 maps in the auxiliary head).
+    drop_last = len(data.y_train) % cfg.batch_size == 1
+    bar = tqdm(
+        range(start_epoch, cfg.epochs),
+        desc="train",
+        unit="epoch",
+        file=sys.stderr,
+        disable=not progress,
+        initial=start_epoch,
+        total=cfg.epochs,
+        dynamic_ncols=True,
+    )
+    for epoch in bar:
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        # Drop-path probability grows linearly over the epochs (DARTS train.py).
+        model.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        for xb, yb in batches(data.x_train, data.y_train, cfg.batch_size, generator=shuffle_gen, drop_last=drop_last):
+            if cfg.cutout:
+                xb = cutout(xb, cut_len, cutout_gen)
+            xb, yb = xb.to(device), yb.to(device)
+            logits, aux = model.forward_train(xb)
+            loss = F.cross_entropy(logits, yb)
+            if aux is not None:
+                loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            loss_sum += loss.detach() * len(yb)
+            correct += (logits.detach().argmax(1) == yb).sum()
+            seen += len(yb)
+        scheduler.step()
+
+        val_loss, val_acc = evaluate(model, data.x_val, data.y_val, max(cfg.batch_size, 256))
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum.item() / max(seen, 1),
+            "train_acc": correct.item() / max(seen, 1),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": lr,
+            "drop_path": model.drop_path_prob,
+            "seconds": time.perf_counter() - t0,
+        }
+        if val_acc > best_val_acc:
+            best_val_acc, best_epoch = val_acc, epoch + 1
+            save_checkpoint(
+                run.best,
+                _model_payload(
+                    model,
+                    _cpu_state(model),
+                    spec,
+                    cfg,
+                    {
+                        "val_acc": val_acc,
+                        "val_loss": val_loss,
+                        "epoch": epoch + 1,
+                        "epochs": cfg.epochs,
+                        "n_params": n_params,
+                    },
+                ),
+                "model",
+            )
+        append_jsonl(run.train_metrics, record)
+        save_checkpoint(
+            run.train_state,
+            {
+                "genotype": genotype.to_dict(),
+                "network": model.config(),
+                "data": spec.to_dict(),
+                "train_config": dataclasses.asdict(cfg),
+                "state_dict": _cpu_state(model),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "best_val_acc": best_val_acc,
+                "best_epoch": best_epoch,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "shuffle": shuffle_gen.get_state(),
+                    "cutout": cutout_gen.get_state(),
+                },
+            },
+            "train_state",
+        )
+        bar.set_postfix(
+            loss=f"{record['train_loss']:.3f}", acc=f"{record['train_acc']:.3f}", val=f"{val_acc:.3f}", refresh=False
+        )
+    bar.close()
+
+    # model.pt = the best-by-validation weights, scored once on the held-out test split.
+    best = load_checkpoint(run.best, "model")
+    final = copy.deepcopy(model)
+    final.load_state_dict(best["state_dict"])
+    test_loss, test_acc = evaluate(final, data.x_test, data.y_test, max(cfg.batch_size, 256))
+    metrics = {
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "val_acc": best_val_acc,
+        "best_epoch": best_epoch,
+        "epochs": cfg.epochs,
+        "n_params": n_params,
+        "n_params_with_aux": count_weights(model),
+        "n_test": len(data.y_test),
+    }
+    save_checkpoint(run.model, _model_payload(model, best["state_dict"], spec, cfg, metrics), "model")
+    return TrainResult(run.model, run.best, test_acc, best_val_acc, cfg.epochs, time.perf_counter() - t_start, n_params)
+
+
+def _load_train_state(path: Path, model: Network, genotype: Genotype, cfg: TrainConfig, spec: DataSpec) -> dict:
+    """``last.pt``, checked to belong to this genotype, network, data and recipe."""
+    if not path.exists():
+        raise CheckpointError(f"cannot resume: {path} does not exist", "train without --resume to start from scratch")
+    state = load_checkpoint(path, "train_state")
+    want = {
+        "genotype": genotype.to_dict(),
+        "network": model.config(),
+        "data": spec.to_dict(),
+    }
+    for key, value in want.items():
+        if state.get(key) != value:
+            raise CheckpointError(
+                f"cannot resume from {path}: its {key} differs from this run's",
+                "resume with the same genotype, network settings and dataset, or start fresh",
+            )
+    saved = state.get("train_config", {})
+    now = dataclasses.asdict(cfg)
+    changed = [k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    if changed:
+        k = changed[0]
+        raise CheckpointError(
+            f"cannot resume from {path}: train.{k} was {saved.get(k)!r}, now {now[k]!r}",
+            "resume with the recipe of the interrupted run, or start fresh",
+        )
+    return state
