@@ -128,6 +128,10 @@ def pipeline(
     else:
         echo("export   ...")
         export(run.model, cfg.export, out=run.export, data=data)
+        if set(cfg.export.variants) - {"fp32"}:
+            from .deploy.quantize import build_variants
+
+            build_variants(run.onnx, cfg.export, data=data)
     seconds["export"] = time.perf_counter() - t
 
     t = time.perf_counter()
