@@ -1,0 +1,168 @@
+"""Fused vs reference mixed op: one op, then a whole DARTS search step.
+
+Timing: both kernels in this process, interleaved, median of repeats (wall clock).
+Memory: peak RSS (ru_maxrss) of one fresh subprocess per kernel running the
+same steps, so neither kernel's allocations colour the other's figure.
+
+    python benchmarks/mixed_op.py            # C=16, 8 layers, batch 32, 32x32, 2 threads
+    python benchmarks/mixed_op.py --quick    # fewer repeats, batch 8
+
+The last line is the summary: step time ratio and peak-memory ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from nasdeploy.ops import kernel_status
+from nasdeploy.space.mixed_op import MixedOp
+from nasdeploy.space.primitives import PRIMITIVES
+from nasdeploy.space.search_network import SearchNetwork
+
+
+def build(kernel: str, args) -> tuple:
+    torch.manual_seed(0)
+    net = SearchNetwork(args.channels, 10, args.layers, kernel=kernel)
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    y = torch.randint(0, 10, (args.batch,))
+    return net, opt, x, y
+
+
+def search_step(net, opt, x, y) -> None:
+    """Forward, backward (weights and alphas get gradients), SGD step on the weights."""
+    opt.zero_grad(set_to_none=True)
+    for a in net.arch_parameters():
+        a.grad = None
+    F.cross_entropy(net(x), y).backward()
+    opt.step()
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """Median seconds per callable, the kernels alternating so load drifts hit both."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(timed(fn))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_one_op(args) -> dict:
+    torch.manual_seed(0)
+    ref = MixedOp(args.channels, 1, PRIMITIVES, "reference")
+    fused = copy.deepcopy(ref)
+    fused.kernel = "fused"
+    x = torch.randn(args.batch, args.channels, args.size, args.size, requires_grad=True)
+    w = torch.softmax(torch.randn(len(PRIMITIVES)), 0).requires_grad_()
+    g = torch.randn_like(x)
+    fns = {k: (lambda m=m: m(x, w).backward(g)) for k, m in (("reference", ref), ("fused", fused))}
+    return interleaved(fns, args.op_repeats)
+
+
+def bench_step(args) -> dict:
+    setups = {k: build(k, args) for k in ("reference", "fused")}
+    fns = {k: (lambda s=s: search_step(*s)) for k, s in setups.items()}
+    return interleaved(fns, args.step_repeats)
+
+
+def _proc_status_mib(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def peak_rss_child(kernel: str, args) -> None:
+    """Subprocess body: build, run the steps, print setup RSS and peak RSS in MiB.
+
+    Linux: VmHWM of /proc/self/status (ru_maxrss survives exec and would report the
+    parent's peak). Elsewhere: ru_maxrss.
+    """
+    torch.set_num_threads(args.threads)
+    setup = build(kernel, args)
+    base = _proc_status_mib("VmRSS")
+    for _ in range(args.mem_steps):
+        search_step(*setup)
+    peak = _proc_status_mib("VmHWM")
+    if base is None or peak is None:
+        base = 0.0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024**2)
+    print(json.dumps({"baseline_mib": base, "peak_mib": peak}))
+
+
+def peak_rss(kernel: str, argv: list[str]) -> dict:
+    cmd = [sys.executable, __file__, *argv, "--memory-child", kernel]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--op-repeats", type=int, default=9)
+    p.add_argument("--step-repeats", type=int, default=7)
+    p.add_argument("--mem-steps", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="batch 8, 3 repeats")
+    p.add_argument("--memory-child", choices=("reference", "fused"), help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch, args.op_repeats, args.step_repeats, args.mem_steps = 8, 3, 3, 1
+    if args.memory_child:
+        return peak_rss_child(args.memory_child, args)
+    torch.set_num_threads(args.threads)
+    status = kernel_status()
+    if not status["cpu"]["available"]:
+        sys.exit(f"the fused CPU kernel is not built: {status['cpu']['reason']}")
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
+          f"C={args.channels}, layers={args.layers}, batch={args.batch}, {args.size}x{args.size}")  # fmt: skip
+
+    op = bench_one_op(args)
+    print(f"one mixed op fwd+bwd (C={args.channels}, stride 1): reference {op['reference'] * 1e3:.1f} ms, "
+          f"fused {op['fused'] * 1e3:.1f} ms, ratio {op['reference'] / op['fused']:.2f}x")  # fmt: skip
+    step = bench_step(args)
+    print(f"search step: reference {step['reference'] * 1e3:.0f} ms, fused {step['fused'] * 1e3:.0f} ms (median of "
+          f"{args.step_repeats})")  # fmt: skip
+    child_argv = [a for a in argv if a != "--quick"] + (["--batch", "8", "--mem-steps", "1"] if args.quick else [])
+    mem = {k: peak_rss(k, child_argv) for k in ("reference", "fused")}
+    for k, m in mem.items():
+        print(f"peak RSS {k}: {m['peak_mib']:.0f} MiB (after setup {m['baseline_mib']:.0f} MiB)")
+    time_ratio = step["reference"] / step["fused"]
+    mem_ratio = mem["fused"]["peak_mib"] / mem["reference"]["peak_mib"]
+    growth = (mem["fused"]["peak_mib"] - mem["fused"]["baseline_mib"]) / (
+        mem["reference"]["peak_mib"] - mem["reference"]["baseline_mib"]
+    )
+    print(f"RESULT search step: fused is {time_ratio:.2f}x faster (median wall time); peak memory {mem_ratio:.2f}x of "
+          f"reference (peak RSS of separate processes; {growth:.2f}x counting only growth above setup)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

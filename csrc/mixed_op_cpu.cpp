@@ -1,0 +1,621 @@
+// CPU backend of the fused mixed op: OpenMP over images or (image, channel)
+// planes, per-thread scratch planes, no torch headers. The formulas come from
+// mixed_op_math.h; this file only owns loop order and memory.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "mixed_op.h"
+#include "mixed_op_math.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#else
+inline int omp_get_thread_num() { return 0; }
+#endif
+
+namespace nasdeploy {
+namespace {
+
+// Per-channel mean and biased variance of x (N, C, HW) from per-plane double sums,
+// reduced in a fixed order so the result does not depend on the thread count.
+template <class T>
+void channel_stats(const T* x, int N, int C, int HW, T* mean, T* var, int threads) {
+  std::vector<double> s1(size_t(N) * C), s2(size_t(N) * C);
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int nc = 0; nc < N * C; ++nc) {
+    const T* p = x + size_t(nc) * HW;
+    double a = 0, b = 0;
+    for (int i = 0; i < HW; ++i) {
+      a += p[i];
+      b += double(p[i]) * p[i];
+    }
+    s1[nc] = a;
+    s2[nc] = b;
+  }
+  const double M = double(N) * HW;
+  for (int c = 0; c < C; ++c) {
+    double a = 0, b = 0;
+    for (int n = 0; n < N; ++n) {
+      a += s1[size_t(n) * C + c];
+      b += s2[size_t(n) * C + c];
+    }
+    const double m = a / M;
+    mean[c] = T(m);
+    var[c] = T(std::max(b / M - m * m, 0.0));
+  }
+}
+
+// Reductions with 8 independent partial sums: a plain `acc += a[i] * b[i]` is one
+// serial add chain that the compiler may not reorder (no -ffast-math), ~4x slower.
+template <class T>
+T dot(const T* a, const T* b, int n) {
+  T part[8] = {};
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) part[j] += a[i + j] * b[i + j];
+  T acc = T(0);
+  for (; i < n; ++i) acc += a[i] * b[i];
+  for (int j = 0; j < 8; ++j) acc += part[j];
+  return acc;
+}
+
+template <class T>
+inline void axpy(T a, const T* __restrict x, T* __restrict y, int n) {
+  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+// sum(a) and sum(a * b) in double (b may be null: then sum(a * a)).
+template <class T>
+void sums_d(const T* a, const T* b, int n, double* sa, double* sab) {
+  double p1[4] = {}, p2[4] = {};
+  int i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int j = 0; j < 4; ++j) {
+      const double u = a[i + j], v = b ? double(b[i + j]) : u;
+      p1[j] += u;
+      p2[j] += u * v;
+    }
+  double u1 = 0, u2 = 0;
+  for (; i < n; ++i) {
+    const double u = a[i], v = b ? double(b[i]) : u;
+    u1 += u;
+    u2 += u * v;
+  }
+  *sa = u1 + p1[0] + p1[1] + p1[2] + p1[3];
+  *sab = u2 + p2[0] + p2[1] + p2[2] + p2[3];
+}
+
+bool has_bn(int code) { return code == kMaxPool || code == kAvgPool || code == kExtBN; }
+
+// torch's max rule (strictly greater, NaN wins) as one select, so loops vectorize.
+template <class T>
+inline bool beats(T v, T best) {
+  return v > best || v != v;
+}
+
+// Row pass of the separable 3x3 pools (pad 1, stride s): per row h and output column
+// ow, the window's max (with its flat index when arg != null) and sum. Windows are
+// scanned left to right, so the first maximum wins, as in max_pool3 (mixed_op_math.h).
+template <class T>
+void pool_rows(const T* xp, int H, int W, int Wo, int s, T* tmax, int* targ, T* tsum) {
+  const int lo = std::min(1, Wo), hi = std::max(lo, std::min(Wo, (W - 2) / s + 1));  // interior: all 3 in range
+  for (int h = 0; h < H; ++h) {
+    const T* r = xp + size_t(h) * W;
+    T* m = tmax + size_t(h) * Wo;
+    T* t = tsum + size_t(h) * Wo;
+    int* a = targ ? targ + size_t(h) * Wo : nullptr;
+    auto edge = [&](int ow) {
+      const int w0 = std::max(ow * s - 1, 0), w1 = std::min(ow * s + 2, W);
+      T best = r[w0], sum = T(0);
+      int arg = w0;
+      for (int iw = w0; iw < w1; ++iw) {
+        if (iw > w0 && beats(r[iw], best)) best = r[iw], arg = iw;
+        sum += r[iw];
+      }
+      m[ow] = best;
+      t[ow] = sum;
+      if (a) a[ow] = h * W + arg;
+    };
+    for (int ow = 0; ow < lo; ++ow) edge(ow);
+    if (a) {
+      for (int ow = lo; ow < hi; ++ow) {
+        const int c = ow * s;
+        T best = r[c - 1];
+        int arg = c - 1;
+        if (beats(r[c], best)) best = r[c], arg = c;
+        if (beats(r[c + 1], best)) best = r[c + 1], arg = c + 1;
+        m[ow] = best;
+        a[ow] = h * W + arg;
+      }
+    } else if (s == 1) {
+      for (int ow = lo; ow < hi; ++ow) {
+        T best = r[ow - 1];
+        best = beats(r[ow], best) ? r[ow] : best;
+        best = beats(r[ow + 1], best) ? r[ow + 1] : best;
+        m[ow] = best;
+        t[ow] = r[ow - 1] + r[ow] + r[ow + 1];
+      }
+    } else {
+      for (int ow = lo; ow < hi; ++ow) {
+        const int c = ow * s;
+        T best = r[c - 1];
+        best = beats(r[c], best) ? r[c] : best;
+        best = beats(r[c + 1], best) ? r[c + 1] : best;
+        m[ow] = best;
+        t[ow] = r[c - 1] + r[c] + r[c + 1];
+      }
+    }
+    for (int ow = hi; ow < Wo; ++ow) edge(ow);
+  }
+}
+
+// The pooled planes of one (n, c) plane into per-thread buffers: the row pass, then
+// the same window over rows. Equal to max_pool3/avg_pool3 (sums in another order).
+// With marg != null, the flat argmax of every output instead of the avg plane.
+template <class T>
+void pool_planes(const T* xp, int H, int W, int Ho, int Wo, int s, bool want_max, bool want_avg, T* mp, T* ap,
+                 T* tmax, T* tsum, int* targ = nullptr, int* marg = nullptr, bool divide = true) {
+  pool_rows(xp, H, W, Wo, s, tmax, targ, tsum);
+  for (int oh = 0; oh < Ho; ++oh) {
+    const int h0 = std::max(oh * s - 1, 0), h1 = std::min(oh * s + 2, H);
+    T* mo = mp + size_t(oh) * Wo;
+    T* ao = ap + size_t(oh) * Wo;
+    if (marg) {
+      int* ma = marg + size_t(oh) * Wo;
+      std::copy(tmax + size_t(h0) * Wo, tmax + size_t(h0 + 1) * Wo, mo);
+      std::copy(targ + size_t(h0) * Wo, targ + size_t(h0 + 1) * Wo, ma);
+      for (int h = h0 + 1; h < h1; ++h)
+        for (int ow = 0; ow < Wo; ++ow)
+          if (beats(tmax[size_t(h) * Wo + ow], mo[ow])) mo[ow] = tmax[size_t(h) * Wo + ow], ma[ow] = targ[size_t(h) * Wo + ow];
+      continue;
+    }
+    if (want_max) {
+      std::copy(tmax + size_t(h0) * Wo, tmax + size_t(h0 + 1) * Wo, mo);
+      for (int h = h0 + 1; h < h1; ++h) {
+        const T* rm = tmax + size_t(h) * Wo;
+        for (int ow = 0; ow < Wo; ++ow) mo[ow] = beats(rm[ow], mo[ow]) ? rm[ow] : mo[ow];
+      }
+    }
+    if (want_avg) {
+      std::copy(tsum + size_t(h0) * Wo, tsum + size_t(h0 + 1) * Wo, ao);
+      for (int h = h0 + 1; h < h1; ++h) {
+        const T* rs = tsum + size_t(h) * Wo;
+        for (int ow = 0; ow < Wo; ++ow) ao[ow] += rs[ow];
+      }
+      if (divide)
+        for (int ow = 0; ow < Wo; ++ow) ao[ow] /= T(pool3_count(H, W, oh, ow, s));
+    }
+  }
+}
+
+// The plane of candidate p for plane nc (pools read the per-thread buffers).
+template <class T>
+const T* branch_plane(const MixedArgs& a, int p, int nc, int HWo, const T* xp, const T* mp, const T* ap) {
+  switch (a.codes[p]) {
+    case kMaxPool: return mp;
+    case kAvgPool: return ap;
+    case kIdentity: return xp;
+    default: return static_cast<const T*>(a.ext[p]) + size_t(nc) * HWo;
+  }
+}
+
+// Per-thread scratch planes of the pools.
+template <class T>
+struct PoolScratch {
+  std::vector<T> mp, ap, tmax, tsum;
+  std::vector<int> targ, marg;
+  PoolScratch(int H, int Wo, int HWo)
+      : mp(HWo), ap(HWo), tmax(size_t(H) * Wo), tsum(size_t(H) * Wo), targ(size_t(H) * Wo), marg(HWo) {}
+  void run(const T* xp, int H, int W, int Ho, int Wo, int s, bool want_max, bool want_avg) {
+    if (want_max || want_avg)
+      pool_planes(xp, H, W, Ho, Wo, s, want_max, want_avg, mp.data(), ap.data(), tmax.data(), tsum.data());
+  }
+};
+
+}  // namespace
+
+template <class T>
+void mixed_forward(const MixedArgs& a, const T* x, const T* w, T* out, T* mean, T* var, std::uintptr_t ctx) {
+  const int threads = int(ctx), N = a.N, C = a.C, P = a.P;
+  const int Ho = out_size(a.H, 3, a.stride, 1, 1), Wo = out_size(a.W, 3, a.stride, 1, 1), HWo = Ho * Wo;
+  bool want_max = false, want_avg = false;
+  for (int p = 0; p < P; ++p) {
+    want_max |= a.codes[p] == kMaxPool;
+    want_avg |= a.codes[p] == kAvgPool;
+  }
+  // Pass 1: batch statistics of every BN'd branch; pools are computed, summed, dropped.
+  std::vector<double> s1(size_t(P) * N * C, 0.0), s2(size_t(P) * N * C, 0.0);
+#pragma omp parallel num_threads(threads)
+  {
+    PoolScratch<T> ps(a.H, Wo, HWo);
+#pragma omp for schedule(static)
+    for (int nc = 0; nc < N * C; ++nc) {
+      const T* xp = x + size_t(nc) * a.H * a.W;
+      ps.run(xp, a.H, a.W, Ho, Wo, a.stride, want_max, want_avg);
+      for (int p = 0; p < P; ++p) {
+        if (!has_bn(a.codes[p])) continue;
+        const T* y = branch_plane(a, p, nc, HWo, xp, ps.mp.data(), ps.ap.data());
+        sums_d<T>(y, nullptr, HWo, &s1[size_t(p) * N * C + nc], &s2[size_t(p) * N * C + nc]);
+      }
+    }
+  }
+  // Per channel: out = shift[c] + sum_p scale[p][c] * y_p, folding w_p and the BN.
+  const double M = double(N) * HWo;
+  std::vector<T> scale(size_t(P) * C, T(0)), shift(C, T(0));
+  for (int p = 0; p < P; ++p)
+    for (int c = 0; c < C; ++c) {
+      T m = T(0), vv = T(0), sc = w[p];
+      if (has_bn(a.codes[p])) {
+        double u = 0, v = 0;
+        for (int n = 0; n < N; ++n) {
+          u += s1[size_t(p) * N * C + size_t(n) * C + c];
+          v += s2[size_t(p) * N * C + size_t(n) * C + c];
+        }
+        m = T(u / M);
+        vv = T(std::max(v / M - (u / M) * (u / M), 0.0));
+        sc = w[p] * bn_invstd(vv, a.eps[p]);
+        shift[c] -= sc * m;
+      }
+      if (a.codes[p] == kNone) sc = T(0);
+      scale[size_t(p) * C + c] = sc;
+      mean[size_t(p) * C + c] = m;
+      var[size_t(p) * C + c] = vv;
+    }
+  // Pass 2: recompute the pools and write the weighted sum once.
+#pragma omp parallel num_threads(threads)
+  {
+    PoolScratch<T> ps(a.H, Wo, HWo);
+#pragma omp for schedule(static)
+    for (int nc = 0; nc < N * C; ++nc) {
+      const int c = nc % C;
+      const T* xp = x + size_t(nc) * a.H * a.W;
+      T* op = out + size_t(nc) * HWo;
+      ps.run(xp, a.H, a.W, Ho, Wo, a.stride, want_max, want_avg);
+      std::fill(op, op + HWo, shift[c]);
+      for (int p = 0; p < P; ++p) {
+        const T sc = scale[size_t(p) * C + c];
+        if (a.codes[p] == kNone) continue;
+        const T* src = branch_plane(a, p, nc, HWo, xp, ps.mp.data(), ps.ap.data());
+        for (int i = 0; i < HWo; ++i) op[i] += sc * src[i];
+      }
+    }
+  }
+}
+
+template <class T>
+void mixed_backward(const MixedArgs& a, const T* g, const T* x, const T* w, const T* mean, const T* var, T* gx,
+                    T* gw, T* const* gext, std::uintptr_t ctx) {
+  const int threads = int(ctx), N = a.N, C = a.C, P = a.P, H = a.H, W = a.W, s = a.stride;
+  const int Ho = out_size(H, 3, s, 1, 1), Wo = out_size(W, 3, s, 1, 1), HWo = Ho * Wo;
+  bool want_max = false, want_avg = false;
+  for (int p = 0; p < P; ++p) {
+    want_max |= a.codes[p] == kMaxPool;
+    want_avg |= a.codes[p] == kAvgPool;
+  }
+  // Pass 1: per plane sum(g) and sum(g * y_p), the pools recomputed instead of stored.
+  std::vector<double> sg(size_t(N) * C, 0.0), sgy(size_t(P) * N * C, 0.0);
+#pragma omp parallel num_threads(threads)
+  {
+    PoolScratch<T> ps(H, Wo, HWo);
+#pragma omp for schedule(static)
+    for (int nc = 0; nc < N * C; ++nc) {
+      const T* xp = x + size_t(nc) * H * W;
+      const T* gp = g + size_t(nc) * HWo;
+      ps.run(xp, H, W, Ho, Wo, s, want_max, want_avg);
+      for (int p = 0; p < P; ++p) {
+        if (a.codes[p] == kNone) continue;
+        const T* y = branch_plane(a, p, nc, HWo, xp, ps.mp.data(), ps.ap.data());
+        sums_d<T>(gp, y, HWo, &sg[nc], &sgy[size_t(p) * N * C + nc]);
+      }
+    }
+  }
+  // Per channel: mean(g), mean(g * yhat_p); grad of w_p = sum(g * yhat_p).
+  const double M = double(N) * HWo;
+  std::vector<T> mg(C), mgy(size_t(P) * C, T(0)), istd(size_t(P) * C, T(1));
+  for (int c = 0; c < C; ++c) {
+    double u = 0;
+    for (int n = 0; n < N; ++n) u += sg[size_t(n) * C + c];
+    mg[c] = T(u / M);
+  }
+  for (int p = 0; p < P; ++p) {
+    double total = 0;
+    for (int c = 0; c < C; ++c) {
+      double v = 0, u = 0;
+      for (int n = 0; n < N; ++n) {
+        v += sgy[size_t(p) * N * C + size_t(n) * C + c];
+        u += sg[size_t(n) * C + c];
+      }
+      if (has_bn(a.codes[p])) {
+        const T is = bn_invstd(var[size_t(p) * C + c], a.eps[p]);
+        const double gyhat = double(is) * (v - double(mean[size_t(p) * C + c]) * u);  // sum(g * yhat)
+        istd[size_t(p) * C + c] = is;
+        mgy[size_t(p) * C + c] = T(gyhat / M);
+        total += gyhat;
+      } else {
+        total += v;
+      }
+    }
+    gw[p] = T(total);
+  }
+  // Pass 2: each branch's input gradient; pools scatter into their x plane.
+#pragma omp parallel num_threads(threads)
+  {
+    PoolScratch<T> ps(H, Wo, HWo);
+    std::vector<T> d(HWo), box(HWo);
+#pragma omp for schedule(static)
+    for (int nc = 0; nc < N * C; ++nc) {
+      const int c = nc % C;
+      const T* xp = x + size_t(nc) * H * W;
+      const T* gp = g + size_t(nc) * HWo;
+      T* gxp = gx + size_t(nc) * H * W;
+      std::fill(gxp, gxp + H * W, T(0));
+      ps.run(xp, H, W, Ho, Wo, s, want_max, want_avg);
+      const T *mp = ps.mp.data(), *ap = ps.ap.data();
+      for (int p = 0; p < P; ++p) {
+        const int code = a.codes[p];
+        const T wp = w[p];
+        if (code == kNone) continue;
+        if (code == kIdentity) {
+          for (int i = 0; i < HWo; ++i) gxp[i] += wp * gp[i];
+          continue;
+        }
+        if (code == kExt) {
+          T* ge = gext[p] + size_t(nc) * HWo;
+          for (int i = 0; i < HWo; ++i) ge[i] = wp * gp[i];
+          continue;
+        }
+        const T m = mean[size_t(p) * C + c], is = istd[size_t(p) * C + c];
+        const T dmg = wp * mg[c], dmgy = wp * mgy[size_t(p) * C + c];
+        if (code == kExtBN) {
+          const T* y = static_cast<const T*>(a.ext[p]) + size_t(nc) * HWo;
+          T* ge = gext[p] + size_t(nc) * HWo;
+          for (int i = 0; i < HWo; ++i) ge[i] = bn_backward(wp * gp[i], (y[i] - m) * is, dmg, dmgy, is);
+          continue;
+        }
+        const T* y = code == kMaxPool ? mp : ap;
+        for (int i = 0; i < HWo; ++i) d[i] = bn_backward(wp * gp[i], (y[i] - m) * is, dmg, dmgy, is);
+        if (code == kMaxPool) {
+          // The exact torch argmax of each window, recomputed, then a serial scatter.
+          pool_planes<T>(xp, H, W, Ho, Wo, s, true, false, box.data(), nullptr, ps.tmax.data(), ps.tsum.data(),
+                      ps.targ.data(), ps.marg.data());
+          for (int i = 0; i < HWo; ++i) gxp[ps.marg[i]] += d[i];
+        } else if (s == 1) {
+          // Stride 1: the transpose of the window sum is the same clipped 3x3 box sum.
+          for (int oh = 0; oh < Ho; ++oh)
+            for (int ow = 0; ow < Wo; ++ow) d[oh * Wo + ow] /= T(pool3_count(H, W, oh, ow, s));
+          pool_planes<T>(d.data(), H, W, Ho, Wo, 1, false, true, nullptr, box.data(), ps.tmax.data(), ps.tsum.data(),
+                      nullptr, nullptr, false);
+          for (int i = 0; i < HWo; ++i) gxp[i] += box[i];
+        } else {
+          for (int oh = 0; oh < Ho; ++oh)
+            for (int ow = 0; ow < Wo; ++ow) {
+              const T dd = d[oh * Wo + ow] / T(pool3_count(H, W, oh, ow, s));
+              const int h0 = oh * s - 1, w0 = ow * s - 1;
+              for (int ih = std::max(h0, 0); ih < std::min(h0 + 3, H); ++ih)
+                for (int iw = std::max(w0, 0); iw < std::min(w0 + 3, W); ++iw) gxp[ih * W + iw] += dd;
+            }
+        }
+      }
+    }
+  }
+}
+
+namespace {
+
+// Fill a zero-padded (Hp, Wp) copy of one plane with prologue(x).
+template <class T>
+void fill_padded(const T* xp, int H, int W, int pad, int mode, T m, T is, T* pp) {
+  const int Wp = W + 2 * pad;
+  std::fill(pp, pp + size_t(H + 2 * pad) * Wp, T(0));
+  for (int h = 0; h < H; ++h) {
+    T* row = pp + size_t(h + pad) * Wp + pad;
+    const T* src = xp + size_t(h) * W;
+    for (int w = 0; w < W; ++w) row[w] = prologue(src[w], mode, m, is);
+  }
+}
+
+// Depthwise conv of one padded plane: o[oh, ow] = sum_k w[k] * pp[oh*s + kh*d, ow*s + kw*d].
+template <class T>
+void dw_plane(const T* pp, int Wp, const T* wk, int K, int s, int d, int Ho, int Wo, T* o) {
+  for (int oh = 0; oh < Ho; ++oh) {
+    T* orow = o + size_t(oh) * Wo;
+    std::fill(orow, orow + Wo, T(0));
+    for (int kh = 0; kh < K; ++kh)
+      for (int kw = 0; kw < K; ++kw) {
+        const T wv = wk[kh * K + kw];
+        const T* r = pp + size_t(oh * s + kh * d) * Wp + kw * d;
+        if (s == 1)
+          for (int ow = 0; ow < Wo; ++ow) orow[ow] += wv * r[ow];
+        else
+          for (int ow = 0; ow < Wo; ++ow) orow[ow] += wv * r[ow * s];
+      }
+  }
+}
+
+// Backward of dw_plane: scatter into the padded input gradient; the tap gradients
+// are summed per column first (tacc, K*K*Wo), a vertical FMA that vectorizes, and
+// reduced once per plane into gwk.
+template <class T>
+void dw_plane_backward(const T* pp, int Wp, const T* wk, int K, int s, int d, int Ho, int Wo, const T* go, T* gpp,
+                       T* tacc, double* gwk) {
+  std::fill(tacc, tacc + size_t(K) * K * Wo, T(0));
+  for (int oh = 0; oh < Ho; ++oh) {
+    const T* grow = go + size_t(oh) * Wo;
+    for (int kh = 0; kh < K; ++kh)
+      for (int kw = 0; kw < K; ++kw) {
+        const T wv = wk[kh * K + kw];
+        const size_t off = size_t(oh * s + kh * d) * Wp + kw * d;
+        const T* __restrict r = pp + off;
+        T* __restrict gr = gpp + off;
+        T* __restrict ta = tacc + size_t(kh * K + kw) * Wo;
+        if (s == 1) {
+          for (int ow = 0; ow < Wo; ++ow) {
+            gr[ow] += wv * grow[ow];
+            ta[ow] += grow[ow] * r[ow];
+          }
+        } else {
+          for (int ow = 0; ow < Wo; ++ow) {
+            gr[ow * s] += wv * grow[ow];
+            ta[ow] += grow[ow] * r[ow * s];
+          }
+        }
+      }
+  }
+  for (int k = 0; k < K * K; ++k) {
+    double t = 0;
+    for (int ow = 0; ow < Wo; ++ow) t += tacc[size_t(k) * Wo + ow];
+    gwk[k] += t;
+  }
+}
+
+}  // namespace
+
+template <class T>
+void sep_forward(const SepArgs& a, const T* x, const T* wdw, const T* wpw, T* y, T* mean, T* var, std::uintptr_t ctx) {
+  const int threads = int(ctx), C = a.C, H = a.H, W = a.W, K = a.K;
+  const int Ho = out_size(H, K, a.stride, a.pad, a.dil), Wo = out_size(W, K, a.stride, a.pad, a.dil), HWo = Ho * Wo;
+  const int Hp = H + 2 * a.pad, Wp = W + 2 * a.pad;
+  std::vector<T> mu(C, T(0)), is(C, T(1));
+  if (a.prologue == kBnRelu) {
+    channel_stats(x, a.N, C, H * W, mean, var, threads);
+    for (int c = 0; c < C; ++c) {
+      mu[c] = mean[c];
+      is[c] = bn_invstd(var[c], a.eps);
+    }
+  }
+  // One image per iteration: its prologue'd padded planes and depthwise output live
+  // in per-thread buffers, so only y is written to memory.
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<T> pp(size_t(Hp) * Wp), dwo(size_t(C) * HWo);
+#pragma omp for schedule(static)
+    for (int n = 0; n < a.N; ++n) {
+      for (int c = 0; c < C; ++c) {
+        fill_padded(x + (size_t(n) * C + c) * H * W, H, W, a.pad, a.prologue, mu[c], is[c], pp.data());
+        dw_plane(pp.data(), Wp, wdw + size_t(c) * K * K, K, a.stride, a.dil, Ho, Wo, dwo.data() + size_t(c) * HWo);
+      }
+      for (int co = 0; co < a.Co; ++co) {
+        T* yo = y + (size_t(n) * a.Co + co) * HWo;
+        std::fill(yo, yo + HWo, T(0));
+        for (int ci = 0; ci < C; ++ci) {
+          const T wv = wpw[size_t(co) * C + ci];
+          const T* src = dwo.data() + size_t(ci) * HWo;
+          for (int i = 0; i < HWo; ++i) yo[i] += wv * src[i];
+        }
+      }
+    }
+  }
+}
+
+template <class T>
+void sep_backward(const SepArgs& a, const T* gy, const T* x, const T* wdw, const T* wpw, const T* mean, const T* var,
+                  T* gx, T* gwdw, T* gwpw, std::uintptr_t ctx) {
+  const int threads = int(ctx), N = a.N, C = a.C, H = a.H, W = a.W, K = a.K, Co = a.Co, pad = a.pad;
+  const int Ho = out_size(H, K, a.stride, pad, a.dil), Wo = out_size(W, K, a.stride, pad, a.dil), HWo = Ho * Wo;
+  const int Hp = H + 2 * pad, Wp = W + 2 * pad;
+  std::vector<T> mu(C, T(0)), is(C, T(1));
+  if (a.prologue == kBnRelu)
+    for (int c = 0; c < C; ++c) {
+      mu[c] = mean[c];
+      is[c] = bn_invstd(var[c], a.eps);
+    }
+#ifdef _OPENMP
+  const int slots = std::max(threads, 1);
+#else
+  const int slots = 1;
+#endif
+  // Weight gradients: one double accumulator per thread, summed in thread order.
+  const size_t ndw = size_t(C) * K * K, npw = size_t(Co) * C;
+  std::vector<double> acc(size_t(slots) * (ndw + npw), 0.0);
+  std::vector<double> sz(size_t(N) * C, 0.0), szx(size_t(N) * C, 0.0);  // kBnRelu channel sums
+#pragma omp parallel num_threads(threads)
+  {
+    double* gdw_t = acc.data() + size_t(omp_get_thread_num()) * (ndw + npw);
+    double* gpw_t = gdw_t + ndw;
+    const size_t plane = size_t(Hp) * Wp;
+    std::vector<T> pp(C * plane), gpp(plane), dwo(size_t(C) * HWo), gdwo(size_t(C) * HWo), tacc(size_t(K) * K * Wo);
+#pragma omp for schedule(static)
+    for (int n = 0; n < N; ++n) {
+      const T* gyn = gy + size_t(n) * Co * HWo;
+      // Recompute the depthwise output of this image (cheaper than storing it).
+      for (int c = 0; c < C; ++c) {
+        fill_padded(x + (size_t(n) * C + c) * H * W, H, W, pad, a.prologue, mu[c], is[c], pp.data() + c * plane);
+        dw_plane(pp.data() + c * plane, Wp, wdw + size_t(c) * K * K, K, a.stride, a.dil, Ho, Wo,
+                 dwo.data() + size_t(c) * HWo);
+      }
+      // Pointwise backward: gwpw += gy dwo^T, gdwo = wpw^T gy.
+      std::fill(gdwo.begin(), gdwo.end(), T(0));
+      for (int co = 0; co < Co; ++co) {
+        const T* gr = gyn + size_t(co) * HWo;
+        for (int ci = 0; ci < C; ++ci) {
+          const T* d = dwo.data() + size_t(ci) * HWo;
+          T* gd = gdwo.data() + size_t(ci) * HWo;
+          const T wv = wpw[size_t(co) * C + ci];
+          axpy(wv, gr, gd, HWo);
+          gpw_t[size_t(co) * C + ci] += dot(gr, d, HWo);
+        }
+      }
+      // Depthwise backward, then the prologue's backward into gx.
+      for (int c = 0; c < C; ++c) {
+        const T* xp = x + (size_t(n) * C + c) * H * W;
+        std::fill(gpp.begin(), gpp.end(), T(0));
+        dw_plane_backward(pp.data() + c * plane, Wp, wdw + size_t(c) * K * K, K, a.stride, a.dil, Ho, Wo,
+                          gdwo.data() + size_t(c) * HWo, gpp.data(), tacc.data(), gdw_t + size_t(c) * K * K);
+        T* gxp = gx + (size_t(n) * C + c) * H * W;
+        double u = 0, v = 0;
+        for (int h = 0; h < H; ++h)
+          for (int w = 0; w < W; ++w) {
+            const T gz = prologue_grad(gpp[size_t(h + pad) * Wp + w + pad], xp[h * W + w], a.prologue, mu[c], is[c]);
+            gxp[h * W + w] = gz;
+            if (a.prologue == kBnRelu) {
+              u += gz;
+              v += double(gz) * ((xp[h * W + w] - mu[c]) * is[c]);
+            }
+          }
+        sz[size_t(n) * C + c] = u;
+        szx[size_t(n) * C + c] = v;
+      }
+    }
+  }
+  for (size_t j = 0; j < ndw + npw; ++j) {
+    double t = 0;
+    for (int s = 0; s < slots; ++s) t += acc[size_t(s) * (ndw + npw) + j];
+    if (j < ndw)
+      gwdw[j] = T(t);
+    else
+      gwpw[j - ndw] = T(t);
+  }
+  if (a.prologue != kBnRelu) return;
+  // BN backward needs the channel means of the gradient, known only now.
+  const double M = double(N) * H * W;
+  std::vector<T> mz(C), mzx(C);
+  for (int c = 0; c < C; ++c) {
+    double u = 0, v = 0;
+    for (int n = 0; n < N; ++n) {
+      u += sz[size_t(n) * C + c];
+      v += szx[size_t(n) * C + c];
+    }
+    mz[c] = T(u / M);
+    mzx[c] = T(v / M);
+  }
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int nc = 0; nc < N * C; ++nc) {
+    const int c = nc % C;
+    const T* xp = x + size_t(nc) * H * W;
+    T* gxp = gx + size_t(nc) * H * W;
+    for (int i = 0; i < H * W; ++i) gxp[i] = bn_backward(gxp[i], (xp[i] - mu[c]) * is[c], mz[c], mzx[c], is[c]);
+  }
+}
+
+#define ND_INSTANTIATE(T)                                                                                         \
+  template void mixed_forward<T>(const MixedArgs&, const T*, const T*, T*, T*, T*, std::uintptr_t);             \
+  template void mixed_backward<T>(const MixedArgs&, const T*, const T*, const T*, const T*, const T*, T*, T*,   \
+                                  T* const*, std::uintptr_t);                                                   \
+  template void sep_forward<T>(const SepArgs&, const T*, const T*, const T*, T*, T*, T*, std::uintptr_t);       \
+  template void sep_backward<T>(const SepArgs&, const T*, const T*, const T*, const T*, const T*, const T*, T*, \
+                                T*, T*, std::uintptr_t);
+ND_INSTANTIATE(float)
+ND_INSTANTIATE(double)
+
+}  // namespace nasdeploy
