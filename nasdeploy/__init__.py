@@ -10,12 +10,12 @@ bound here after their modules are imported, so ``nasdeploy.search`` and
 __version__ = "0.1.0"
 
 from .config import RunConfig, load_config  # noqa: E402
-from .data import DataSpec, Dataset, load_dataset  # noqa: E402
+from .data import Dataset, DataSpec, load_dataset  # noqa: E402
 from .deploy.export import export  # noqa: E402
 from .deploy.profile import profile  # noqa: E402
 from .errors import NasdeployError  # noqa: E402
 from .pipeline import pipeline  # noqa: E402
-from .search.darts import search  # noqa: E402
+from .search.strategy import run_strategy as search  # noqa: E402
 from .space.genotype import GENOTYPES, Genotype  # noqa: E402
 from .space.mixed_op import MixedOp  # noqa: E402
 from .space.network import Network  # noqa: E402

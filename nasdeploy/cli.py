@@ -7,6 +7,7 @@ Errors of ours print one ``Error:`` line and exit 1 (``--debug`` for the traceba
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,12 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            from .distributed import Interrupted
+
+            if isinstance(e, Interrupted):  # a loop saved a mid-epoch checkpoint and says where
+                click.echo(f"Interrupted: {e}", err=True)
+                sys.exit(128 + e.signum)  # 130 for SIGINT, 143 for SIGTERM
             click.echo("Interrupted — finished epochs are checkpointed; re-run with --resume to continue.", err=True)
             sys.exit(130)
         except (NasdeployError, OSError, MemoryError) as e:
@@ -67,6 +73,8 @@ def main(ctx, debug):
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 alone reports; errors still reach stderr
+        sys.stdout = open(os.devnull, "w")  # for the life of this worker process
 
 
 # ----------------------------------------------------------------- shared options
@@ -104,7 +112,15 @@ def _dataset(cfg):
 @_data_options
 @click.option("--out", type=click.Path(file_okay=False), default="runs/search", show_default=True,
               help="Run directory; artifacts go to OUT/search/.")
-@click.option("--strategy", type=click.Choice(["darts"]), default=None, help="Search strategy (default darts).")
+@click.option("--strategy", type=click.Choice(["darts", "random", "evolution", "rl"]), default=None,
+              help="darts (gradient), random (random search, shared weights), evolution (aging evolution), "
+                   "rl (REINFORCE controller, ENAS-style); default darts. See docs/strategies.md.")
+@click.option("--candidates", type=int, default=None,
+              help="Budget: architectures scored with inherited weights (random/evolution/rl; 1000).")
+@click.option("--max-seconds", type=float, default=None,
+              help="Budget: wall time of the search in seconds, checked at epoch/candidate boundaries.")
+@click.option("--skip-limit", type=int, default=None,
+              help="DARTS collapse remedy (P-DARTS): at most this many skip connections in the normal cell.")
 @click.option("--epochs", type=int, default=None, help="Search epochs (paper: 50).")
 @click.option("--batch-size", type=int, default=None, help="Batch size of each half (paper: 64).")
 @click.option("--channels", "C", type=int, default=None, help="Initial channels C (paper: 16).")
@@ -120,29 +136,105 @@ def _dataset(cfg):
 @click.option("--kernel", type=click.Choice(["auto", "fused", "reference"]), default=None,
               help="Mixed-op implementation (default auto: fused when built).")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads.")
+@click.option("--latency-target", type=float, default=None,
+              help="ORT p50 budget in ms of the deployed network ([train] C/layers, batch 1, 1 thread); "
+                   "refused when outside the space's achievable range.")
+@click.option("--latency-weight", type=float, default=None,
+              help="Weight of the penalty weight*|LAT/target - 1| (TuNAS; default 0.1).")
+@click.option("--latency-table", type=click.Path(dir_okay=False), default=None,
+              help="Latency table JSON (default: the per-machine cache, see `nasdeploy latency-table`).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/search/supernet.pt.")
+@click.option("--overwrite", is_flag=True, help="Search again in an OUT that holds a different run.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_config_options
-def search(dataset, out, config_path, preset, resume, quiet, order, **opts):
-    """Run a DARTS search and write OUT/search/{genotype.json, alphas.jsonl, metrics.jsonl, supernet.pt}.
+def search(dataset, out, config_path, preset, resume, overwrite, quiet, order, **opts):
+    """Search (DARTS or a black-box strategy); write OUT/search/{genotype.json, metrics.jsonl, supernet.pt, ...}.
 
     \b
     Example:
       nasdeploy search --dataset digits --preset quick --out runs/demo
     """
     from .config import save_config
-    from .search.darts import search as run_search
+    from .distributed import main_only
+    from .search.strategy import run_strategy as run_search
 
     opts["order"] = int(order) if order else None
     cfg = _load(config_path, preset, {"data": {"dataset": dataset}, "search": opts})
+    if not (resume or overwrite):  # resume checks supernet.pt's own config instead
+        _refuse_other_run(cfg, Path(out), ("data", "search"))
     data = _dataset(cfg)
     click.echo(f"data: {data.summary()}", err=True)
     t0 = time.perf_counter()
-    res = run_search(cfg.search, data, out, progress=not quiet, resume=resume)
-    save_config(cfg, Path(out) / "config.toml")
+    res = run_search(cfg.search, data, out, progress=not quiet, resume=resume, deploy=cfg.train)
+    if main_only():  # under torchrun rank 0 alone writes
+        save_config(cfg, Path(out) / "config.toml")
     _print_genotype(res.genotype)
     click.echo(f"val accuracy (supernet): {res.val_acc:.4f}   time: {time.perf_counter() - t0:.1f}s")
+    if res.metrics and "predicted_latency_ms" in res.metrics[-1]:
+        click.echo(f"predicted ORT p50 of the deployed network: {res.metrics[-1]['predicted_latency_ms']:.4f} ms "
+                   f"(target {cfg.search.latency_target:g} ms)")
     click.echo(f"genotype: {Path(out) / 'search' / 'genotype.json'}")
+    click.echo(f"pictures: {Path(out) / 'search'}/{{cells_normal,cells_reduce}}.{{png,svg}}, alphas.png, curves.png")
+
+
+# ----------------------------------------------------------------- latency-table
+
+@main.command("latency-table", context_settings=CONTEXT)
+@_data_options
+@click.option("--table", "table_path", type=click.Path(dir_okay=False), default=None,
+              help="Table JSON (default: $NASDEPLOY_CACHE or ~/.cache/nasdeploy, latency/<fingerprint>.json).")
+@click.option("--channels", "C", type=int, default=None, help="Deployed network's initial channels ([train] C).")
+@click.option("--layers", type=int, default=None, help="Deployed network's cells ([train] layers).")
+@click.option("--nodes", "steps", type=int, default=None, help="Intermediate nodes per cell ([search] steps).")
+@click.option("--batch", "latency_batch", type=int, default=None, help="Batch size served (1).")
+@click.option("--threads", "latency_threads", type=int, default=None, help="ORT intra-op threads (1).")
+@click.option("--opt-level", "latency_opt_level", type=click.Choice(["all", "extended", "basic", "disable"]),
+              default=None, help="ORT graph optimization level (all).")
+@click.option("--calibrate", "latency_calibration", type=int, default=None,
+              help="Random whole networks timed to calibrate the sum (8).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_config_options
+def latency_table(dataset, table_path, C, layers, steps, quiet, config_path, preset, **opts):
+    """Time the latency table of the deployed network (only what the cached table lacks).
+
+    \b
+    Example:
+      nasdeploy latency-table --preset quick --channels 16 --layers 8
+    """
+    from .latency.model import achievable_range
+    from .latency.table import DeploySpec, LatencyTable
+
+    cfg = _load(config_path, preset, {"data": {"dataset": dataset}, "search": {**opts, "steps": steps,
+                                      "latency_table": table_path}, "train": {"C": C, "layers": layers}})
+    data = _dataset(cfg)
+    s = cfg.search
+    spec = DeploySpec.from_configs(s, cfg.train, data.spec.input_shape, data.spec.num_classes)
+    t0 = time.perf_counter()
+    table = LatencyTable.load_or_measure(spec, s.latency_table, threads=s.latency_threads,
+                                         opt_level=s.latency_opt_level, calibrate=s.latency_calibration,
+                                         progress=not quiet)
+    lo, hi = achievable_range(table.costs(spec))
+    cal = table.calibration.get(spec.key(), {})
+    click.echo(f"deployed network: {spec.key()}  fingerprint {table.fingerprint['id']}")
+    click.echo(f"achievable range (predicted ORT p50): {lo:.4f}–{hi:.4f} ms")
+    if cal.get("scale") is not None:
+        click.echo(f"calibration: p50 = {cal['offset_ms']:.4f} ms + {cal['scale']:.3f} x table sum "
+                   f"({len(cal['networks'])} networks, median fit error {cal['fit_median_abs_pct']:.1f}%)")
+    click.echo(f"table: {table.path}   time: {time.perf_counter() - t0:.1f}s")
+
+
+def _refuse_other_run(cfg, out: Path, sections):
+    """A search into a directory whose config.toml describes a different run would mix two runs."""
+    from .config import config_diff, load_config_file
+    from .errors import ConfigError
+
+    if not (out / "config.toml").is_file():
+        return
+    diff = config_diff(load_config_file(out / "config.toml"), cfg, sections=sections)
+    if diff:
+        key, a, b = diff[0]
+        raise ConfigError(f"{out} already holds another run ({key}: {a!r} there, {b!r} now)",
+                          "use a new --out directory, or pass --overwrite to replace it")
 
 
 def _print_genotype(g):
@@ -150,6 +242,36 @@ def _print_genotype(g):
         edges, concat = g.cell(kind == "reduce")
         nodes = [f"n{2 + i}=" + "+".join(f"{op}({j})" for op, j in edges[2 * i: 2 * i + 2]) for i in range(g.steps)]
         click.echo(f"{kind:7s} " + "  ".join(nodes) + f"  concat={list(concat)}")
+
+
+# ----------------------------------------------------------------- show
+
+@main.command(context_settings=CONTEXT)
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+def show(run_dir):
+    """Print a search's genotype and summary and (re)draw its pictures into RUN_DIR/search/.
+
+    \b
+    Example:
+      nasdeploy show runs/demo
+    """
+    from .artifacts import RunDir, read_json
+    from .errors import ConfigError
+    from .space.genotype import Genotype
+    from .viz import render_search
+
+    run = RunDir(run_dir)
+    if not run.genotype.exists():
+        raise ConfigError(f"{run.genotype} not found", "pass a run directory that holds search/genotype.json")
+    _print_genotype(Genotype.load(run.genotype))
+    summary = run.search / "summary.json"
+    if summary.exists():
+        s = read_json(summary)
+        extra = f"   scored {s['candidates_scored']}" if "candidates_scored" in s else ""
+        click.echo(f"strategy {s['strategy']}   val accuracy {s['val_acc']:.4f}   {s['seconds']:.1f}s   "
+                   f"stopped by {s['stopped_by']}{extra}")
+    for name, path in render_search(run.root).items():
+        click.echo(f"{name:17s} {path}")
 
 
 # ----------------------------------------------------------------- train
@@ -204,6 +326,18 @@ def train(genotype_ref, dataset, out, config_path, preset, resume, quiet, **opts
 @click.option("--opset", type=int, default=None, help="ONNX opset (default 20).")
 @click.option("--parity-batch", type=int, default=None, help="Larger batch for the parity check (16).")
 @click.option("--atol", "parity_atol", type=float, default=None, help="Max |ONNX - PyTorch| on logits (1e-4).")
+@click.option("--variants", callback=_csv, default=None,
+              help="Comma-separated files to build beside model.onnx: fp32, ort-basic (ORT BASIC-optimized, "
+                   "standard ONNX), int8 (static QDQ, calibrated on training images), fp16 (fp32 I/O). Default fp32.")
+@click.option("--calibration-samples", type=int, default=None, help="Training images that calibrate INT8 (256).")
+@click.option("--triton-repo", type=click.Path(file_okay=False), default=None,
+              help="Also write a Triton model repository: DIR/NAME/config.pbtxt and DIR/NAME/1/model.onnx.")
+@click.option("--model-name", default=None, help="Triton model name (default: nasdeploy).")
+@click.option("--triton-variant", type=click.Choice(["fp32", "ort-basic", "int8", "fp16"]), default=None,
+              help="Which built variant Triton serves (default fp32).")
+@click.option("--triton-gpu/--triton-cpu", "triton_gpu", default=None,
+              help="Triton instance group on the GPU or the CPU (default CPU).")
+@click.option("--max-batch-size", type=int, default=None, help="Triton max_batch_size (64).")
 @_config_options
 def export(checkpoint, out, config_path, preset, **opts):
     """Export a trained model.pt to one verified ONNX file (checker, parity, metadata).
@@ -214,13 +348,51 @@ def export(checkpoint, out, config_path, preset, **opts):
     """
     from .deploy.export import export as run_export
 
+    triton = {k: opts.pop(k) for k in ("triton_repo", "model_name", "triton_variant")}  # not config keys
+    if triton["triton_repo"] is None and (triton["model_name"] or triton["triton_variant"] or opts["triton_gpu"]):
+        raise click.UsageError("--model-name/--triton-variant/--triton-gpu need --triton-repo DIR")
     cfg = _load(config_path, preset, {"export": opts})
+    if triton["triton_variant"] not in (None, *cfg.export.variants):
+        raise click.UsageError(f"--triton-variant {triton['triton_variant']} is not built; add it to --variants")
     rep = run_export(checkpoint, cfg.export, out=out)
-    d = rep.to_dict() if hasattr(rep, "to_dict") else rep.__dict__
-    click.echo(f"onnx: {d.get('onnx_path') or d.get('path')}")
-    for k in ("opset", "exporter", "max_abs_err", "size_bytes", "sha256"):
-        if k in d:
-            click.echo(f"{k}: {d[k]}")
+    parity = "  ".join(f"batch {p['batch']}: {p['max_abs_diff']:.2e}" for p in rep.parity)
+    click.echo(f"onnx: {rep.onnx}  ({rep.file_size / 1e6:.2f} MB, opset {rep.opset}, {rep.exporter} exporter)")
+    click.echo(f"parity max |onnx - torch| ({rep.parity_inputs}): {parity}")
+    click.echo(f"batch independence: {rep.batch_independence_max_abs_diff:.2e}   checker: "
+               f"{'ok' if rep.checker_ok else 'FAILED'}   sha256: {rep.sha256[:16]}…")
+    click.echo(f"report: {rep.report}")
+    _export_variants_and_triton(Path(rep.onnx), cfg.export, **triton)
+
+
+def _export_variants_and_triton(onnx_path, export_cfg, triton_repo, model_name, triton_variant):
+    """``export --variants`` (deploy/quantize.py) and ``--triton-repo`` (deploy/triton.py), after the fp32 file."""
+    from .deploy.quantize import FILES, build_variants
+
+    if tuple(export_cfg.variants) != ("fp32",):
+        report = build_variants(onnx_path, export_cfg)
+        for name, v in report.items():
+            acc = (f"test acc {v['test_accuracy']:.4f} ({100 * v['accuracy_change']:+.2f} pp)"
+                   if "test_accuracy" in v else "test acc n/a")
+            lat = "  ".join(f"b{b} {x['p50_ms']:.3f} ms ({x['ratio_to_fp32']:.2f}x)" for b, x in v["latency"].items())
+            click.echo(f"variant {name:9s} {v['file']:22s} {acc}  p50 {lat}")
+    if triton_repo is None:
+        return
+    from .deploy.triton import check_repository, schema_available, write_repository
+    from .errors import ExportError
+
+    variant = triton_variant or "fp32"
+    source = onnx_path.parent / FILES[variant]
+    folder = write_repository(source, triton_repo, model_name or "nasdeploy", export_cfg.max_batch_size,
+                              gpu=export_cfg.triton_gpu)
+    if schema_available():
+        problems, checked = check_repository(folder, source), "checked against Triton's model-config schema"
+    else:
+        problems, checked = [], "not schema-checked: pip install 'nasdeploy[serve]' to check it"
+    if problems:
+        raise ExportError(f"{folder / 'config.pbtxt'} disagrees with the model: {'; '.join(problems)}",
+                          "report this; the Triton writer is wrong")
+    click.echo(f"triton: {folder} ({variant}, {'GPU' if export_cfg.triton_gpu else 'CPU'}, "
+               f"max_batch_size {export_cfg.max_batch_size}; {checked})")
 
 
 # ----------------------------------------------------------------- profile
@@ -238,6 +410,9 @@ def export(checkpoint, out, config_path, preset, **opts):
               help="ORT graph optimization level (all).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="model.pt to time PyTorch eager beside ONNX Runtime.")
+@click.option("--variants/--no-variants", "compare_variants", default=None,
+              help="Also time every variant beside the model (model.int8.onnx, ...) side by side "
+                   "(default: on when there is one).")
 @_config_options
 def profile(onnx_model, out, checkpoint, config_path, preset, **opts):
     """Measure ONNX Runtime latency: warm-up, percentiles, throughput, per-op breakdown.
@@ -249,6 +424,7 @@ def profile(onnx_model, out, checkpoint, config_path, preset, **opts):
     from .deploy.profile import profile as run_profile
     from .deploy.profile import render_markdown
 
+    compare_variants = opts.pop("compare_variants", None)
     cfg = _load(config_path, preset, {"profile": opts})
     torch_model = None
     if checkpoint:
@@ -260,7 +436,24 @@ def profile(onnx_model, out, checkpoint, config_path, preset, **opts):
         out = parent.parent if parent.name == "export" else parent
     rep = run_profile(onnx_model, cfg.profile, out=out, torch_model=torch_model)
     click.echo(render_markdown(rep))
+    _profile_variants(Path(onnx_model), cfg.profile, out, compare_variants)
     click.echo(f"report: {Path(out) / 'profile' / 'latency.json'}")
+
+
+def _profile_variants(onnx_model, profile_cfg, out, wanted):
+    """``profile --variants``: all variant files beside the model timed side by side (deploy/quantize.py)."""
+    from .deploy.quantize import find_variants, profile_variants
+
+    if wanted is False:
+        return
+    is_export = onnx_model.name == "model.onnx"
+    if wanted and not is_export:
+        raise click.UsageError("--variants compares the files beside an export's model.onnx; pass that file")
+    if wanted is None and (not is_export or len(find_variants(onnx_model.parent)) < 2):
+        return
+    res = profile_variants(onnx_model.parent, profile_cfg, out=out)
+    click.echo(res["markdown"])
+    click.echo(f"variants: {Path(out) / 'profile' / 'variants.json'}")
 
 
 # ----------------------------------------------------------------- pipeline

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -58,6 +59,27 @@ class SearchConfig:
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     latency_target: float | None = None  # ms; None: no latency term
     latency_weight: float = 0.1
+    # Latency model (latency/table.py): how the *deployed* network (the [train] C/layers/stem) is served.
+    latency_batch: int = 1  # batch size the latency target refers to
+    latency_threads: int = 1  # ORT intra-op threads the target refers to (part of the table's fingerprint)
+    latency_opt_level: str = "all"  # ORT graph optimization of the served model: all | extended | basic | disable
+    latency_table: str | None = None  # table JSON; None: $NASDEPLOY_CACHE/latency/<fingerprint>.json
+    latency_calibration: int = 8  # random whole networks timed to calibrate the table sum (0: none)
+    # Budget shared by every strategy (search/strategy.py): epochs, scored candidates, wall time.
+    candidates: int = 1000  # architectures scored with inherited weights (SPOS, Guo et al. 2020: 20 x 50)
+    max_seconds: float | None = None  # wall-time budget of one search call; None: epochs/candidates only
+    # Aging evolution (Real et al. 2019, "Regularized evolution"): population P and tournament size S.
+    population: int = 100
+    sample_size: int = 25
+    # REINFORCE controller (ENAS, Pham et al. 2018): Adam lr and moving-average reward baseline decay.
+    controller_lr: float = 3.5e-4
+    baseline_decay: float = 0.99
+    # Collapse guard (DARTS only). Warn once when this share of the derived normal cell's edges is
+    # parameter-free (DARTS+, Liang et al. 2019, stops at 2 skips of 8 edges; 0.5 is a looser alarm).
+    collapse_threshold: float = 0.5
+    # P-DARTS (Chen et al. 2019): keep at most this many skip_connect edges in the derived normal cell
+    # (the paper uses 2); None derives as plain DARTS.
+    skip_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -84,12 +106,22 @@ class TrainConfig:
     threads: int | None = None
 
 
+# The files `export --variants` can write (deploy/quantize.py builds them).
+EXPORT_VARIANTS = ("fp32", "ort-basic", "int8", "fp16")
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     opset: int = 20
     parity_batch: int = 16  # the larger parity batch next to batch 1
     parity_atol: float = 1e-4  # max |onnx - torch| on logits that still passes
     variants: tuple[str, ...] = ("fp32",)
+    # deploy/quantize.py: INT8 calibration (ORT static quantization, QDQ, min/max ranges)
+    calibration_samples: int = 256  # training images that set the activation ranges
+    per_channel: bool = True  # one weight scale per output channel (per-tensor loses accuracy on depthwise convs)
+    # deploy/triton.py: the Triton model repository written by `export --triton-repo`
+    max_batch_size: int = 64  # Triton max_batch_size; requests are batched up to it
+    triton_gpu: bool = False  # instance_group KIND_GPU instead of KIND_CPU
 
 
 @dataclass(frozen=True)
@@ -127,8 +159,9 @@ _SECTION_TYPES = {"data": DataConfig, "search": SearchConfig, "train": TrainConf
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {},
     "quick": {
-        "search": {"epochs": 10, "batch_size": 32, "C": 8, "layers": 5},
-        "train": {"epochs": 30, "batch_size": 64, "C": 16, "layers": 8, "drop_path_prob": 0.1},
+        "search": {"epochs": 8, "batch_size": 64, "C": 8, "layers": 5},
+        # 8x8 digits: the paper's cutout of half the side erases too much; 2 px still regularizes
+        "train": {"epochs": 40, "batch_size": 64, "C": 8, "layers": 5, "drop_path_prob": 0.1, "cutout_length": 2},
         "profile": {"repeats": 50, "warmup": 10},
     },
     "tiny": {  # for tests: seconds, not minutes
@@ -191,6 +224,10 @@ def validate(obj) -> None:
         if not cond:
             raise ConfigError(f"{key} = {getattr(obj, key)!r}: {problem}", fix)
 
+    for f in fields(obj):  # TOML accepts nan and inf; no setting means either
+        v = getattr(obj, f.name)
+        need(not isinstance(v, float) or math.isfinite(v), f.name, "must be a finite number", "give a number")
+
     if isinstance(obj, SearchConfig):
         for k in ("epochs", "batch_size", "C", "layers", "steps", "multiplier", "stem_multiplier"):
             need(getattr(obj, k) > 0, k, "must be positive", f"give {k} >= 1")
@@ -208,6 +245,20 @@ def validate(obj) -> None:
         need(obj.latency_target is None or obj.latency_target > 0, "latency_target", "must be positive (ms)",
              "give a latency target in milliseconds > 0")
         need(obj.latency_weight >= 0, "latency_weight", "must be >= 0", "give a non-negative weight")
+        need(obj.latency_batch > 0, "latency_batch", "must be positive", "give latency_batch >= 1")
+        need(obj.latency_threads > 0, "latency_threads", "must be positive", "give latency_threads >= 1")
+        need(obj.latency_opt_level in ("all", "extended", "basic", "disable"), "latency_opt_level", "unknown level",
+             "use all, extended, basic or disable")
+        need(obj.latency_calibration >= 0, "latency_calibration", "must be >= 0", "e.g. 8")
+        need(obj.candidates > 0, "candidates", "must be positive", "give candidates >= 1")
+        need(obj.max_seconds is None or obj.max_seconds > 0, "max_seconds", "must be positive", "or omit it")
+        need(obj.population >= 2, "population", "aging evolution needs at least 2 members", "e.g. 100")
+        need(1 <= obj.sample_size <= obj.population, "sample_size", "must lie in [1, population]",
+             f"give sample_size <= {obj.population}")
+        need(obj.controller_lr > 0, "controller_lr", "must be positive", "3.5e-4 is ENAS's")
+        need(0 <= obj.baseline_decay < 1, "baseline_decay", "must lie in [0, 1)", "0.99 is ENAS's")
+        need(0 < obj.collapse_threshold <= 1, "collapse_threshold", "must lie in (0, 1]", "e.g. 0.5")
+        need(obj.skip_limit is None or obj.skip_limit >= 0, "skip_limit", "must be >= 0", "P-DARTS uses 2")
     elif isinstance(obj, TrainConfig):
         for k in ("epochs", "batch_size", "C", "layers"):
             need(getattr(obj, k) > 0, k, "must be positive", f"give {k} >= 1")
@@ -225,6 +276,12 @@ def validate(obj) -> None:
     elif isinstance(obj, ExportConfig):
         need(obj.parity_batch > 0, "parity_batch", "must be positive", "e.g. 16")
         need(7 <= obj.opset <= 23, "opset", "unsupported opset", "use an opset between 7 and 23 (20 is default)")
+        need(obj.calibration_samples > 0, "calibration_samples", "must be positive", "e.g. 256")
+        need(obj.max_batch_size > 0, "max_batch_size", "must be positive (Triton batches along the first axis)",
+             "e.g. --max-batch-size 64")
+        bad = [v for v in obj.variants if v not in EXPORT_VARIANTS]
+        need(not bad, "variants", f"unknown variant {bad[0] if bad else ''!r}",
+             f"choose from {', '.join(EXPORT_VARIANTS)}")
     elif isinstance(obj, DataConfig):
         need(0 < obj.val_fraction < 1, "val_fraction", "must lie in (0, 1)", "e.g. 0.1")
         need(0 <= obj.test_fraction < 1, "test_fraction", "must lie in [0, 1)", "e.g. 0.2")

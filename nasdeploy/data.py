@@ -80,16 +80,23 @@ def batches(
     """Mini-batches of ``batch_size`` (per rank); shuffled when a generator is given.
 
     With ``world_size > 1`` every rank draws the same permutation and takes its
-    slice of each global batch of ``batch_size * world_size`` samples.
+    slice of each global batch of ``batch_size * world_size`` samples; a shorter
+    last global batch is split as evenly as possible (``shard``).
     """
     n = len(y)
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     global_bs = batch_size * world_size
     stop = n - n % global_bs if drop_last else n
     for start in range(0, stop, global_bs):
-        idx = order[start : start + global_bs][rank * batch_size : (rank + 1) * batch_size]
+        chunk = order[start : start + global_bs]
+        idx = chunk[shard(len(chunk), rank, world_size)]
         if len(idx):
             yield x[idx], y[idx]
+
+
+def shard(n: int, rank: int, world_size: int) -> slice:
+    """Rank ``rank``'s part of a global batch of ``n`` samples: contiguous, sizes differ by at most one."""
+    return slice(rank * n // world_size, (rank + 1) * n // world_size)
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False, world_size: int = 1) -> int:

@@ -81,7 +81,7 @@ def pipeline(
     from .data import load_dataset
     from .deploy.export import export
     from .deploy.profile import LatencyReport, profile
-    from .search.darts import search
+    from .search.strategy import run_strategy
     from .space.genotype import Genotype
     from .train import load_network, train
 
@@ -108,7 +108,7 @@ def pipeline(
         echo(f"search   skipped ({run.genotype} exists)")
     else:
         echo("search   ...")
-        genotype = search(cfg.search, data, run.root, progress=progress, resume=resume).genotype
+        genotype = run_strategy(cfg.search, data, run.root, progress=progress, resume=resume, deploy=cfg.train).genotype
     seconds["search"] = time.perf_counter() - t
 
     t = time.perf_counter()

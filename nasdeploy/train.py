@@ -32,7 +32,20 @@ from torch import nn
 
 from .artifacts import RunDir, append_jsonl, ensure_dir, load_checkpoint, read_jsonl, save_checkpoint, write_jsonl
 from .config import TrainConfig
-from .data import Dataset, DataSpec, batches
+from .data import Dataset, DataSpec, batches, shard
+from .distributed import (
+    StopFlag,
+    all_sum,
+    any_rank,
+    average_buffers,
+    average_gradients,
+    broadcast_module,
+    gather_rng,
+    init_from_env,
+    interrupted,
+    interruptible,
+    sync_batchnorm,
+)
 from .errors import CheckpointError, ConfigError, DataError, GenotypeError
 from .space.genotype import Genotype
 from .space.network import Network, count_weights
@@ -160,6 +173,7 @@ def _cpu_state(model: nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+@interruptible
 def train(
     genotype: Genotype,
     cfg: TrainConfig,
@@ -167,6 +181,7 @@ def train(
     out: str | Path,
     progress: bool = True,
     resume: bool = False,
+    stop: StopFlag | None = None,
 ) -> TrainResult:
     """Train the final network of ``genotype`` on ``data`` and write ``<out>/train/``.
 
@@ -179,6 +194,12 @@ def train(
         progress: show a tqdm bar over epochs on stderr.
         resume: continue from ``train/last.pt`` exactly where it stopped
             (same weights as an uninterrupted run); the recipe must match.
+        stop: polled before every step; set by SIGINT/SIGTERM while ``train`` runs. When set,
+            ``last.pt`` gets a mid-epoch checkpoint and ``distributed.Interrupted`` is raised.
+
+    Under ``torchrun`` (docs/distributed.md) ``cfg.batch_size`` is the global batch: every rank
+    draws the same shuffled batch and cutout, keeps its shard, gradients are averaged, and
+    rank 0 alone writes files; other ranks return NaN accuracies.
 
     Returns:
         TrainResult with the paths of ``model.pt``/``best.pt`` and the accuracies.
@@ -195,10 +216,16 @@ def train(
 
     t_start = time.perf_counter()
     run = RunDir(out)
-    ensure_dir(run.train)
+    ctx = init_from_env(device=_device(cfg.device))  # under torchrun: this process's rank; else a single process
+    device = ctx.device
+    if cfg.batch_size % ctx.world_size:
+        raise ConfigError(f"train.batch_size = {cfg.batch_size} (the global batch) does not split among "
+                          f"{ctx.world_size} processes", f"use a multiple of {ctx.world_size}")
+    progress = progress and ctx.is_main
+    if ctx.is_main:
+        ensure_dir(run.train)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _device(cfg.device)
     spec = data.spec
     c_in, h, w = spec.input_shape
     if tuple(data.x_train.shape[1:]) != tuple(spec.input_shape):
@@ -222,27 +249,59 @@ def train(
     model = Network(
         genotype, cfg.C, spec.num_classes, cfg.layers, auxiliary=cfg.auxiliary, in_channels=c_in, stem=stem
     ).to(device)
+    broadcast_module(model, ctx)
+    sync_batchnorm(model, ctx)  # several ranks: BatchNorm statistics of the global batch
+    if ctx.enabled:  # drop-path masks: an independent stream per rank (weights are already initialized)
+        torch.manual_seed(cfg.seed + 7919 * (ctx.rank + 1))
     n_params = count_weights(model, exclude_prefix="auxiliary_head")
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr_min)
 
-    start_epoch, best_val_acc, best_epoch = 0, -1.0, -1
+    start_epoch, best_val_acc, best_epoch, skip, sums = 0, -1.0, -1, 0, [0.0, 0, 0]
     if resume:
         state = _load_train_state(run.train_state, model, genotype, cfg, spec)
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
+        ranks = state["rng"].get("torch_ranks", [])
+        torch.set_rng_state(ranks[ctx.rank] if len(ranks) == ctx.world_size else state["rng"]["torch"])
         shuffle_gen.set_state(state["rng"]["shuffle"])
         cutout_gen.set_state(state["rng"]["cutout"])
         start_epoch, best_val_acc, best_epoch = state["epoch"], state["best_val_acc"], state["best_epoch"]
+        partial = state.get("partial")
+        if partial is not None:  # stopped by a signal mid-epoch: replay that epoch's order up to its step
+            skip = int(partial["step"])
+            shuffle_gen.set_state(partial["rng_start"]["shuffle"])
+            sums = list(partial["sums"]) if ctx.is_main else sums  # global sums: counted once, on rank 0
         # A kill between the metrics append and last.pt leaves a record too many.
-        write_jsonl(run.train_metrics, [r for r in read_jsonl(run.train_metrics) if r.get("epoch", 0) <= start_epoch])
-    else:
+        if ctx.is_main:
+            write_jsonl(run.train_metrics,
+                        [r for r in read_jsonl(run.train_metrics) if r.get("epoch", 0) <= start_epoch])
+    elif ctx.is_main:
         write_jsonl(run.train_metrics, [])
 
-    # BatchNorm cannot train on a last batch of one sample (1x1 maps in the auxiliary head).
-    drop_last = len(data.y_train) % cfg.batch_size == 1
+    def state_payload(epochs_done: int) -> dict:
+        return {
+            "genotype": genotype.to_dict(),
+            "network": model.config(),
+            "data": spec.to_dict(),
+            "train_config": dataclasses.asdict(cfg),
+            "state_dict": _cpu_state(model),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epochs_done,
+            "best_val_acc": best_val_acc,
+            "best_epoch": best_epoch,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "torch_ranks": gather_rng(ctx),  # per-rank drop-path streams under torchrun
+                "shuffle": shuffle_gen.get_state(),
+                "cutout": cutout_gen.get_state(),
+            },
+        }
+
+    # BatchNorm cannot train on a last batch of one sample per rank (1x1 maps in the auxiliary head).
+    drop_last = 0 < len(data.y_train) % cfg.batch_size < 2 * ctx.world_size
     bar = tqdm(
         range(start_epoch, cfg.epochs),
         desc="train",
@@ -259,12 +318,27 @@ def train(
         # Drop-path probability grows linearly over the epochs (DARTS train.py).
         model.drop_path_prob = cfg.drop_path_prob * epoch / cfg.epochs
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        for xb, yb in batches(data.x_train, data.y_train, cfg.batch_size, generator=shuffle_gen, drop_last=drop_last):
-            if cfg.cutout:
+        loss_sum = torch.full((), float(sums[0]), device=device)
+        correct = torch.full((), int(sums[1]), device=device, dtype=torch.long)
+        seen, sums = int(sums[2]), [0.0, 0, 0]
+        rng_start = {"shuffle": shuffle_gen.get_state()}  # this epoch's data order
+        for step, (xb, yb) in enumerate(
+                batches(data.x_train, data.y_train, cfg.batch_size, generator=shuffle_gen, drop_last=drop_last)):
+            if step < skip:
+                continue  # resumed mid-epoch: the checkpoint's weights already include this step
+            if any_rank(stop is not None and stop.requested, ctx):  # every rank stops at this same step
+                average_buffers(model, ctx)  # EMA updates are linear: averaging now or at the epoch end agree
+                acc = all_sum([loss_sum.item(), correct.item(), seen], ctx)
+                payload = {**state_payload(epoch), "partial": {"step": step, "rng_start": rng_start, "sums": acc}}
+                if ctx.is_main:
+                    save_checkpoint(run.train_state, payload, "train_state")
+                bar.close()
+                raise interrupted(stop, f"epoch {epoch + 1} step {step}", run.train_state)
+            if cfg.cutout:  # drawn on the global batch, so any number of ranks sees the same holes
                 xb = cutout(xb, cut_len, cutout_gen)
+            if ctx.enabled:
+                part = shard(len(yb), ctx.rank, ctx.world_size)
+                xb, yb = xb[part], yb[part]
             xb, yb = xb.to(device), yb.to(device)
             logits, aux = model.forward_train(xb)
             loss = F.cross_entropy(logits, yb)
@@ -272,12 +346,18 @@ def train(
                 loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(model.parameters(), ctx, weight=len(yb))  # = the global batch's gradient
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             loss_sum += loss.detach() * len(yb)
             correct += (logits.detach().argmax(1) == yb).sum()
             seen += len(yb)
+        skip = 0
         scheduler.step()
+        if ctx.enabled:
+            loss_total, correct_total, seen = all_sum([loss_sum.item(), correct.item(), seen], ctx)
+            loss_sum, correct = torch.tensor(loss_total), torch.tensor(correct_total)
+        average_buffers(model, ctx)  # BatchNorm running statistics: one model on every rank
 
         val_loss, val_acc = evaluate(model, data.x_val, data.y_val, max(cfg.batch_size, 256))
         record = {
@@ -292,49 +372,21 @@ def train(
         }
         if val_acc > best_val_acc:
             best_val_acc, best_epoch = val_acc, epoch + 1
-            save_checkpoint(
-                run.best,
-                _model_payload(
-                    model,
-                    _cpu_state(model),
-                    spec,
-                    cfg,
-                    {
-                        "val_acc": val_acc,
-                        "val_loss": val_loss,
-                        "epoch": epoch + 1,
-                        "epochs": cfg.epochs,
-                        "n_params": n_params,
-                    },
-                ),
-                "model",
-            )
-        append_jsonl(run.train_metrics, record)
-        save_checkpoint(
-            run.train_state,
-            {
-                "genotype": genotype.to_dict(),
-                "network": model.config(),
-                "data": spec.to_dict(),
-                "train_config": dataclasses.asdict(cfg),
-                "state_dict": _cpu_state(model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "best_val_acc": best_val_acc,
-                "best_epoch": best_epoch,
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "shuffle": shuffle_gen.get_state(),
-                    "cutout": cutout_gen.get_state(),
-                },
-            },
-            "train_state",
-        )
+            best_metrics = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch + 1, "epochs": cfg.epochs,
+                            "n_params": n_params}
+            if ctx.is_main:
+                save_checkpoint(run.best, _model_payload(model, _cpu_state(model), spec, cfg, best_metrics), "model")
+        payload = state_payload(epoch + 1)  # collective (per-rank RNG states): every rank builds it
+        if ctx.is_main:
+            append_jsonl(run.train_metrics, record)
+            save_checkpoint(run.train_state, payload, "train_state")
         bar.set_postfix(
             loss=f"{record['train_loss']:.3f}", acc=f"{record['train_acc']:.3f}", val=f"{val_acc:.3f}", refresh=False
         )
     bar.close()
+    if not ctx.is_main:  # rank 0 alone reads best.pt back and scores the test split
+        return TrainResult(run.model, run.best, float("nan"), best_val_acc, cfg.epochs,
+                           time.perf_counter() - t_start, n_params)
 
     # model.pt = the best-by-validation weights, scored once on the held-out test split.
     best = load_checkpoint(run.best, "model")

@@ -13,7 +13,7 @@ def test_precedence_flag_over_file_over_preset(tmp_path):
     assert cfg.search.epochs == 7  # file beats preset (10)
     assert cfg.search.C == 10  # flag beats file
     assert cfg.search.layers == 5  # preset beats default, None flag ignored
-    assert cfg.train.epochs == 30  # preset
+    assert cfg.train.epochs == 40  # preset
     assert cfg.search.w_lr == 0.025  # paper default
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 
 import pytest
 import torch
 
-import nasdeploy.train as train_mod
 from nasdeploy.artifacts import RunDir, load_checkpoint, read_jsonl, save_checkpoint
 from nasdeploy.config import TrainConfig
 from nasdeploy.data import Dataset, DataSpec
@@ -20,6 +20,9 @@ GENOTYPE = GENOTYPES["DARTS_V2"]
 CFG = TrainConfig(
     epochs=3, batch_size=32, C=4, layers=3, auxiliary=True, drop_path_prob=0.2, cutout=True, seed=3, threads=1
 )  # bitwise results need the same thread count
+
+# nasdeploy.train is the API function; the module lives in sys.modules under the same name
+train_mod = importlib.import_module("nasdeploy.train")
 
 
 def synthetic_data(n_per_class: int = 40, classes: int = 3, seed: int = 0) -> Dataset:

@@ -1,0 +1,495 @@
+"""The latency look-up table: ONNX Runtime p50 per (primitive, C, H, W, stride) at deploy shapes.
+
+What is timed (DESIGN.md, "Latency measurement: what was measured here"): a
+plain sum of single-op models mispredicts a whole network by +24..119%
+because ORT's NCHWc layout, Conv+BN+ReLU fusion and common-subexpression
+elimination span op boundaries. So every entry is timed **inside the deployed
+network**:
+
+1. The *skeleton* is the deployment ``Network`` (same C, layers, stem, input,
+   head) whose every edge is a free placeholder: ``Identity`` at stride 1, a
+   strided slice at stride 2. Its p50 is the fixed part (stem, preprocessing,
+   node adds, concats, head) — the part no genotype changes.
+2. An entry ``(op, C, H, W, stride)`` is the skeleton with every edge of that
+   shape class (in every cell that has it) set to ``op``, minus the skeleton,
+   divided by the number of such edges: the op's marginal cost with the
+   neighbours that decide layout and fusion around it.
+3. A few random whole networks are measured too; ``offset + scale * sum`` is
+   fitted to them by least squares (``calibration``) and applied on top.
+
+Each piece is exported with the deployment exporter (``deploy.export``'s
+dynamo path) and timed by ``latency.measure`` (the loop ``profile`` uses).
+The table is a JSON file ``latency/<fingerprint-id>.json`` (by default under
+``$NASDEPLOY_CACHE`` or ``~/.cache/nasdeploy``); entries are keyed by shape
+and batch, fixed parts and calibrations by the deployment spec, the file by
+the machine/runtime fingerprint (CPU, cores, ORT version, threads, opt
+level). ``load_or_measure`` measures only what the file lacks.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError, ProfileError
+from ..space.genotype import Genotype
+from ..space.primitives import PRIMITIVES, Identity
+from ..space.search_network import edge_inputs, reduction_layers
+from .measure import LatencyStats, machine_fingerprint, make_session, measure
+
+TABLE_FORMAT = "nasdeploy.latency_table/1"
+# ms per call of a network; the table's timer is swappable (tests count calls).
+Timer = Callable[[nn.Module, "DeploySpec"], LatencyStats]
+
+
+def default_cache_dir() -> Path:
+    """``$NASDEPLOY_CACHE`` or ``~/.cache/nasdeploy``."""
+    return Path(os.environ.get("NASDEPLOY_CACHE") or Path.home() / ".cache" / "nasdeploy").expanduser()
+
+
+def default_table_path(fingerprint: dict) -> Path:
+    return default_cache_dir() / "latency" / f"{fingerprint['id']}.json"
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    """The network that will be served: the *train* config's C/layers/stem at the data's input, not the supernet."""
+
+    C: int
+    layers: int
+    in_channels: int
+    H: int
+    W: int
+    num_classes: int
+    stem: str = "cifar"  # resolved: cifar | imagenet
+    steps: int = 4
+    multiplier: int = 4
+    batch: int = 1
+    primitives: tuple[str, ...] = PRIMITIVES
+
+    def __post_init__(self):
+        for k in ("C", "layers", "in_channels", "H", "W", "num_classes", "steps", "multiplier", "batch"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"deployment spec {k} = {v!r}: must be an integer >= 1", f"give {k} >= 1")
+        if self.stem not in ("cifar", "imagenet"):
+            raise ConfigError(f"deployment stem {self.stem!r} is not resolved", "use cifar or imagenet")
+        object.__setattr__(self, "primitives", tuple(self.primitives))
+
+    @classmethod
+    def from_configs(cls, search_cfg, train_cfg, input_shape: Sequence[int], num_classes: int) -> DeploySpec:
+        """The served network: ``train_cfg``'s C/layers/stem, ``search_cfg``'s cell shape and latency batch."""
+        from ..train import stem_for
+
+        c, h, w = (int(v) for v in input_shape)
+        return cls(
+            C=train_cfg.C, layers=train_cfg.layers, in_channels=c, H=h, W=w, num_classes=num_classes,
+            stem=stem_for((c, h, w), train_cfg.stem), steps=search_cfg.steps, multiplier=search_cfg.multiplier,
+            batch=getattr(search_cfg, "latency_batch", 1), primitives=search_cfg.primitives,
+        )
+
+    def key(self) -> str:
+        """Identifies fixed parts and calibrations (the primitives do not change those)."""
+        return (f"C{self.C}-L{self.layers}-in{self.in_channels}x{self.H}x{self.W}-k{self.num_classes}-{self.stem}"
+                f"-n{self.steps}m{self.multiplier}-b{self.batch}")
+
+    def cells(self) -> list[tuple[bool, int, int, int]]:
+        """Per cell: ``(reduction, C_curr, H_in, W_in)`` where H_in/W_in is the size of the cell's inputs."""
+        h, w = self.H, self.W
+        if self.stem == "imagenet":  # three stride-2 3x3 convs (padding 1)
+            for _ in range(3):
+                h, w = (h + 1) // 2, (w + 1) // 2
+        out, c = [], self.C
+        reductions = reduction_layers(self.layers)
+        for i in range(self.layers):
+            red = i in reductions
+            if red:
+                c *= 2
+            out.append((red, c, h, w))
+            if red:
+                h, w = (h + 1) // 2, (w + 1) // 2
+        return out
+
+    def edge_classes(self, reduction: bool) -> list[list[tuple[int, int, int, int]]]:
+        """For each edge of a cell type (alpha-row order), the ``(C, H, W, stride)`` of every cell it occurs in."""
+        out = []
+        for _, j in edge_inputs(self.steps):
+            per_cell = []
+            for red, c, h, w in self.cells():
+                if red != reduction:
+                    continue
+                if red and j < 2:
+                    per_cell.append((c, h, w, 2))
+                elif red:  # intermediate nodes of a reduction cell are already reduced
+                    per_cell.append((c, (h + 1) // 2, (w + 1) // 2, 1))
+                else:
+                    per_cell.append((c, h, w, 1))
+            out.append(per_cell)
+        return out
+
+    def shape_classes(self) -> list[tuple[int, int, int, int]]:
+        """Every distinct ``(C, H, W, stride)`` an edge of this network has."""
+        seen = []
+        for red in (False, True):
+            for per_cell in self.edge_classes(red):
+                for k in per_cell:
+                    if k not in seen:
+                        seen.append(k)
+        return seen
+
+
+def entry_key(op: str, C: int, H: int, W: int, stride: int, batch: int) -> str:
+    return f"{op}|C{C}|{H}x{W}|s{stride}|b{batch}"
+
+
+def is_free(op: str, stride: int) -> bool:
+    """Ops that add no node to the served graph: ``none`` is dropped by derivation, skip at stride 1 is Identity."""
+    return op == "none" or (op == "skip_connect" and stride == 1)
+
+
+# ------------------------------------------------------------------ networks timed in context
+
+class _StrideSlice(nn.Module):
+    """Stride-2 placeholder edge of the skeleton: one Slice node, output shape of a stride-2 op."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, ::2, ::2]
+
+
+# Skeleton topology: the fewest stride-2 edges a reduction cell can have (node 2
+# must read both cell inputs) plus one more input edge for nodes 3.., so that the
+# cell inputs still feed several edges as in a typical genotype.
+def _skeleton_inputs(steps: int) -> list[int]:
+    ins = [0, 1]
+    for i in range(1, steps):
+        node = 2 + i
+        ins += [node - 1, i % 2]
+    return ins
+
+
+def _all_input_inputs(steps: int) -> list[int]:
+    """Every node reads both cell inputs: the most stride-2 edges."""
+    return [0, 1] * steps
+
+
+def _genotype(op: str, inputs: list[int], steps: int, multiplier: int) -> Genotype:
+    edges = tuple((op, j) for j in inputs)
+    concat = tuple(range(2 + steps - multiplier, 2 + steps))
+    return Genotype(edges, concat, edges, concat)
+
+
+def deploy_network(genotype: Genotype, spec: DeploySpec) -> nn.Module:
+    """The served network of ``genotype`` at ``spec`` (eval mode, no auxiliary head)."""
+    from ..space.network import Network
+
+    if genotype.steps != spec.steps:
+        raise ConfigError(f"genotype has {genotype.steps} nodes per cell, the spec {spec.steps}",
+                          "derive the genotype with the same steps")
+    return Network(genotype, spec.C, spec.num_classes, spec.layers, auxiliary=False,
+                   in_channels=spec.in_channels, stem=spec.stem).eval()
+
+
+def skeleton_network(spec: DeploySpec, inputs: list[int] | None = None, op: str = "skip_connect",
+                     klass: tuple[int, int, int, int] | None = None) -> tuple[nn.Module, int]:
+    """The deploy network with free placeholder edges, except ``op`` on every edge of shape class ``klass``.
+
+    Returns the module and the number of edges that carry ``op``.
+    """
+    inputs = _skeleton_inputs(spec.steps) if inputs is None else inputs
+    net = deploy_network(_genotype(op, inputs, spec.steps, spec.multiplier), spec)
+    n = 0
+    for (red, c, h, w), cell in zip(spec.cells(), net.cells):
+        for k, j in enumerate(cell.indices):
+            stride = 2 if red and j < 2 else 1
+            hh, ww = (h, w) if not (red and j >= 2) else ((h + 1) // 2, (w + 1) // 2)
+            if klass == (c, hh, ww, stride):
+                n += 1
+            else:
+                cell.ops[k] = Identity() if stride == 1 else _StrideSlice()
+    return net.eval(), n
+
+
+def ort_timer(threads: int = 1, opt_level: str = "all", provider: str = "CPUExecutionProvider",
+              warmup: int = 30, repeats: int = 300, min_time_s: float = 0.2) -> Timer:
+    """Export a module as ``deploy.export`` does (dynamo, one file) and time it with ``latency.measure``."""
+
+    def run(net: nn.Module, spec: DeploySpec) -> LatencyStats:
+        from ..deploy.export import _Logits, _torch_export
+
+        x = torch.randn(spec.batch, spec.in_channels, spec.H, spec.W, generator=torch.Generator().manual_seed(0))
+        with tempfile.TemporaryDirectory(prefix="nasdeploy-lut-") as d:
+            path = Path(d) / "piece.onnx"
+            with torch.no_grad():
+                _torch_export(_Logits(net).eval(), x, path, 20)
+            sess = make_session(path, provider, threads, opt_level)
+            name = sess.get_inputs()[0].name
+            return measure(sess, {name: x.numpy()}, warmup=warmup, repeats=repeats, min_time_s=min_time_s)
+
+    return run
+
+
+def random_genotype(rng: random.Random, steps: int = 4, multiplier: int = 4,
+                    primitives: Sequence[str] = PRIMITIVES) -> Genotype:
+    """A uniformly random derivable genotype: per node 2 distinct inputs, each with a non-``none`` op."""
+    ops = [p for p in primitives if p != "none"]
+
+    def cell():
+        edges = []
+        for i in range(steps):
+            for j in sorted(rng.sample(range(2 + i), 2)):
+                edges.append((rng.choice(ops), j))
+        return tuple(edges)
+
+    concat = tuple(range(2 + steps - multiplier, 2 + steps))
+    return Genotype(cell(), concat, cell(), concat)
+
+
+# ------------------------------------------------------------------ the table
+
+@dataclass
+class LatencyTable:
+    """Per-op in-context latencies, fixed parts and calibrations for one machine fingerprint.
+
+    ``entries[entry_key(...)]`` = ``{"ms": marginal p50 in ms, "edges": n, "stats": LatencyStats dict of the
+    network timed with the op, "base_ms": the skeleton's p50}``; ``fixed[spec.key()]`` = ``{"ms",
+    "slice_ms", "stats", ...}``; ``calibration[spec.key()]`` = ``{"offset_ms", "scale", "networks": [...]}``.
+    """
+
+    fingerprint: dict
+    entries: dict[str, dict] = field(default_factory=dict)
+    fixed: dict[str, dict] = field(default_factory=dict)
+    calibration: dict[str, dict] = field(default_factory=dict)
+    path: Path | None = None
+
+    # ---- lookup
+    def entry_ms(self, op: str, C: int, H: int, W: int, stride: int, batch: int) -> float:
+        if is_free(op, stride):
+            return 0.0
+        key = entry_key(op, C, H, W, stride, batch)
+        if key not in self.entries:
+            raise ProfileError(f"latency table {self.path or ''} has no entry {key}",
+                               "run `nasdeploy latency-table` for this deployment config")
+        return float(self.entries[key]["ms"])
+
+    def missing(self, spec: DeploySpec, calibrate: int = 0) -> list[tuple[str, Any]]:
+        """What ``measure_missing`` would time: ("fixed", key), ("entry", (op, klass)), ("calibration", n)."""
+        todo: list[tuple[str, Any]] = []
+        if spec.key() not in self.fixed:
+            todo.append(("fixed", spec.key()))
+        for klass in spec.shape_classes():
+            C, H, W, s = klass
+            for op in spec.primitives:
+                if not is_free(op, s) and entry_key(op, C, H, W, s, spec.batch) not in self.entries:
+                    todo.append(("entry", (op, klass)))
+        have = len(self.calibration.get(spec.key(), {}).get("networks", []))
+        if calibrate > have:
+            todo.append(("calibration", calibrate - have))
+        return todo
+
+    def raw_ms(self, genotype: Genotype, spec: DeploySpec) -> float:
+        """Fixed part + sum of in-context entries (uncalibrated)."""
+        total = float(self.fixed[spec.key()]["ms"])
+        for red, edges in ((False, genotype.normal), (True, genotype.reduce)):
+            for (op, _), per_cell in zip(edges, spec.edge_classes(red)):
+                total += sum(self.entry_ms(op, C, H, W, s, spec.batch) for C, H, W, s in per_cell)
+        return total
+
+    def predict_ms(self, genotype: Genotype, spec: DeploySpec) -> float:
+        """Predicted ORT p50 of the served network of ``genotype``: calibrated table sum."""
+        off, scale = self.calibration_of(spec)
+        return off + scale * self.raw_ms(genotype, spec)
+
+    def calibration_of(self, spec: DeploySpec) -> tuple[float, float]:
+        cal = self.calibration.get(spec.key())
+        if not cal or cal.get("scale") is None:
+            return 0.0, 1.0
+        return float(cal["offset_ms"]), float(cal["scale"])
+
+    def costs(self, spec: DeploySpec):
+        """The calibrated per-edge cost tensors that ``latency.model`` works on."""
+        from .model import LatencyCosts
+
+        off, scale = self.calibration_of(spec)
+        mats = []
+        for red in (False, True):
+            rows = [[scale * sum(self.entry_ms(op, C, H, W, s, spec.batch) for C, H, W, s in per_cell)
+                     for op in spec.primitives] for per_cell in spec.edge_classes(red)]
+            mats.append(torch.tensor(rows, dtype=torch.float64))
+        return LatencyCosts(normal=mats[0], reduce=mats[1], base_ms=off + scale * float(self.fixed[spec.key()]["ms"]),
+                            primitives=spec.primitives, steps=spec.steps)
+
+    # ---- measuring
+    def measure_missing(self, spec: DeploySpec, timer: Timer, calibrate: int = 0, progress: bool = True,
+                        seed: int = 0, save: bool = True) -> int:
+        """Time what the table lacks for ``spec`` (saving after each piece); returns the number of pieces timed."""
+        from tqdm.auto import tqdm
+
+        todo = self.missing(spec, calibrate)
+        n_steps = sum(n if kind == "calibration" else 1 for kind, n in todo)
+        bar = tqdm(total=n_steps, disable=not progress or n_steps == 0, desc="latency table", unit="net",
+                   dynamic_ncols=True, leave=False)
+        timed = 0
+        try:
+            for kind, what in todo:
+                if kind == "fixed":
+                    bar.set_postfix_str("skeleton")
+                    self._measure_fixed(spec, timer)
+                    timed += 2
+                    bar.update(1)
+                elif kind == "entry":
+                    op, klass = what
+                    bar.set_postfix_str(entry_key(op, *klass, spec.batch))
+                    net, n = skeleton_network(spec, op=op, klass=klass)
+                    stats = timer(net, spec)
+                    timed += 1
+                    fx = self.fixed[spec.key()]
+                    base = fx["skeleton_ms"]
+                    # Replacing n placeholders by op: each stride-2 placeholder (a Slice) cost slice_ms.
+                    ms = (stats.p50_ms - base) / n + (fx["slice_ms"] if klass[3] == 2 else 0.0)
+                    self.entries[entry_key(op, *klass, spec.batch)] = {
+                        "ms": ms, "edges": n, "base_ms": base, "stats": stats.to_dict(), "spec": spec.key()}
+                    bar.update(1)
+                else:
+                    timed += self._calibrate(spec, timer, what, seed, bar)
+                if save and self.path is not None:
+                    self.save(self.path)
+        finally:
+            bar.close()
+        return timed
+
+    def _measure_fixed(self, spec: DeploySpec, timer: Timer) -> None:
+        ins_min, ins_max = _skeleton_inputs(spec.steps), _all_input_inputs(spec.steps)
+        s_min = timer(skeleton_network(spec, ins_min)[0], spec)
+        s_max = timer(skeleton_network(spec, ins_max)[0], spec)
+        n_red = sum(r for r, *_ in spec.cells())
+        d = n_red * (sum(j < 2 for j in ins_max) - sum(j < 2 for j in ins_min))
+        # Both skeletons differ only in how many stride-2 edges are Slices; clamp noise at 0.
+        slice_ms = max(0.0, (s_max.p50_ms - s_min.p50_ms) / d) if d else 0.0
+        n_slices = n_red * sum(j < 2 for j in ins_min)
+        self.fixed[spec.key()] = {
+            "ms": s_min.p50_ms - n_slices * slice_ms, "skeleton_ms": s_min.p50_ms, "slice_ms": slice_ms,
+            "stats": s_min.to_dict(), "stats_all_inputs": s_max.to_dict(), "spec": asdict(spec)}
+
+    def _calibrate(self, spec: DeploySpec, timer: Timer, n: int, seed: int, bar) -> int:
+        cal = self.calibration.setdefault(spec.key(), {"networks": []})
+        rng = random.Random(f"calibration-{seed}-{len(cal['networks'])}")
+        for _ in range(n):
+            g = random_genotype(rng, spec.steps, spec.multiplier, spec.primitives)
+            stats = timer(deploy_network(g, spec), spec)
+            cal["networks"].append({"genotype": g.to_dict(), "raw_ms": self.raw_ms(g, spec), "p50_ms": stats.p50_ms})
+            bar.update(1)
+        self.calibration[spec.key()] = fit_calibration(cal["networks"])
+        return n
+
+    # ---- files
+    def to_dict(self) -> dict:
+        return {"format": TABLE_FORMAT, "fingerprint": self.fingerprint, "entries": self.entries,
+                "fixed": self.fixed, "calibration": self.calibration}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from ..artifacts import ensure_dir, write_json
+
+        path = Path(path)
+        ensure_dir(path.parent)
+        write_json(path, self.to_dict())
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LatencyTable:
+        import json
+
+        p = Path(path)
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ProfileError(f"cannot read latency table {p} ({e})", "delete it and re-run `nasdeploy latency-table`"
+                               ) from None
+        if not isinstance(d, dict) or d.get("format") != TABLE_FORMAT:
+            raise ProfileError(f"{p} is not a {TABLE_FORMAT} file", "delete it and re-run `nasdeploy latency-table`")
+        return cls(d["fingerprint"], d.get("entries", {}), d.get("fixed", {}), d.get("calibration", {}), p)
+
+    @classmethod
+    def load_or_measure(
+        cls,
+        spec: DeploySpec,
+        path: str | os.PathLike | None = None,
+        *,
+        threads: int = 1,
+        opt_level: str = "all",
+        provider: str = "CPUExecutionProvider",
+        calibrate: int = 8,
+        timer: Timer | None = None,
+        progress: bool = True,
+    ) -> LatencyTable:
+        """The table for ``spec`` on this machine: read from disk, timing only what is missing.
+
+        Args:
+            spec: the deployment network (see :meth:`DeploySpec.from_configs`).
+            path: the JSON file; default ``<cache>/latency/<fingerprint id>.json``.
+            threads, opt_level, provider: how ORT runs the served model (part of the fingerprint).
+            calibrate: whole random networks to time for the ``offset + scale`` fit (0: none).
+            timer: ``timer(module, spec) -> LatencyStats``; default :func:`ort_timer`.
+            progress: tqdm bar on stderr while timing.
+
+        Raises:
+            ProfileError: the file belongs to another fingerprint (other threads, ORT, CPU...), or is not a table.
+
+        Example:
+            >>> spec = DeploySpec(C=16, layers=8, in_channels=1, H=8, W=8, num_classes=10)
+            >>> table = LatencyTable.load_or_measure(spec, threads=1)  # doctest: +SKIP
+            >>> table.predict_ms(GENOTYPES["DARTS_V2"], spec)  # doctest: +SKIP
+        """
+        fp = machine_fingerprint(threads, opt_level, provider)
+        p = Path(path) if path is not None else default_table_path(fp)
+        if p.exists():
+            table = cls.load(p)
+            if table.fingerprint.get("id") != fp["id"]:
+                raise ProfileError(
+                    f"latency table {p} was measured under fingerprint {table.fingerprint.get('id')} "
+                    f"({table.fingerprint.get('threads')} threads, {table.fingerprint.get('opt_level')}), "
+                    f"this run is {fp['id']} ({threads} threads, {opt_level})",
+                    "use the default path (one file per fingerprint) or delete the file")
+        else:
+            table = cls(fp, path=p)
+        if table.missing(spec, calibrate):
+            table.measure_missing(spec, timer or ort_timer(threads, opt_level, provider), calibrate, progress)
+        return table
+
+
+def fit_calibration(networks: list[dict]) -> dict:
+    """Least-squares ``p50 ≈ offset + scale * raw`` over measured networks; scale only when fewer than 3."""
+    raw = np.array([n["raw_ms"] for n in networks], dtype=np.float64)
+    meas = np.array([n["p50_ms"] for n in networks], dtype=np.float64)
+    if len(networks) >= 3 and np.ptp(raw) > 0:
+        scale, offset = np.polyfit(raw, meas, 1)
+    else:
+        scale, offset = (float(meas.sum() / raw.sum()) if raw.sum() > 0 else 1.0), 0.0
+    pred = offset + scale * raw
+    err = np.abs(pred / meas - 1) if len(meas) else np.array([])
+    return {"offset_ms": float(offset), "scale": float(scale), "networks": networks,
+            "fit_median_abs_pct": float(100 * np.median(err)) if len(err) else None}
+
+
+def costs_for_search(search_cfg, deploy_cfg, input_shape: Sequence[int], num_classes: int, progress: bool = True):
+    """The calibrated :class:`~nasdeploy.latency.model.LatencyCosts` a latency-constrained search steers by.
+
+    ``deploy_cfg`` is the TrainConfig of the network that will be served (None: TrainConfig's defaults);
+    its table is read from ``search_cfg.latency_table`` (or the per-fingerprint cache), timing what is missing.
+    """
+    from ..config import TrainConfig
+
+    spec = DeploySpec.from_configs(search_cfg, deploy_cfg or TrainConfig(), input_shape, num_classes)
+    table = LatencyTable.load_or_measure(
+        spec, search_cfg.latency_table, threads=search_cfg.latency_threads, opt_level=search_cfg.latency_opt_level,
+        calibrate=search_cfg.latency_calibration, progress=progress)
+    return table.costs(spec)

@@ -1,0 +1,247 @@
+"""Latency table (cache keys, reuse), latency model (hand-computed sums, gradients), targets, a constrained search."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from nasdeploy.config import SearchConfig, TrainConfig, replace
+from nasdeploy.errors import ConfigError, LatencyTargetError, ProfileError
+from nasdeploy.latency.measure import LatencyStats, machine_fingerprint
+from nasdeploy.latency.model import (
+    LatencyCosts,
+    achievable_range,
+    check_target,
+    derived_latency,
+    expected_latency,
+    genotype_latency,
+    penalty,
+    straight_through,
+)
+from nasdeploy.latency.table import DeploySpec, LatencyTable, entry_key, random_genotype
+from nasdeploy.space.genotype import Genotype, derive_genotype
+from nasdeploy.space.primitives import PRIMITIVES
+
+TINY = DeploySpec(C=4, layers=3, in_channels=1, H=8, W=8, num_classes=10, steps=2, multiplier=2)
+
+
+class CountingTimer:
+    """A fake ORT timer: latency grows with the module's parameter count; counts calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, net, spec) -> LatencyStats:
+        self.calls += 1
+        n = sum(p.numel() for p in net.parameters())
+        ms = 0.05 + 1e-6 * n + 0.001 * sum(1 for _ in net.modules())
+        return LatencyStats(spec.batch, 0, 1, ms, 0.0, ms, ms, ms, ms, 1000 / ms)
+
+
+# ------------------------------------------------------------------ table: keys and cache
+
+def test_cache_key_changes_with_threads_and_shapes():
+    assert machine_fingerprint(threads=1)["id"] != machine_fingerprint(threads=2)["id"]
+    fp = machine_fingerprint
+    assert fp(threads=1, opt_level="all")["id"] != fp(threads=1, opt_level="basic")["id"]
+    assert machine_fingerprint(threads=1)["id"] == machine_fingerprint(threads=1)["id"]
+    assert entry_key("sep_conv_3x3", 16, 8, 8, 1, 1) != entry_key("sep_conv_3x3", 16, 4, 4, 1, 1)
+    assert entry_key("sep_conv_3x3", 16, 8, 8, 1, 1) != entry_key("sep_conv_3x3", 32, 8, 8, 1, 1)
+    assert entry_key("sep_conv_3x3", 16, 8, 8, 1, 1) != entry_key("sep_conv_3x3", 16, 8, 8, 2, 1)
+    assert entry_key("sep_conv_3x3", 16, 8, 8, 1, 1) != entry_key("sep_conv_3x3", 16, 8, 8, 1, 8)
+    wider = DeploySpec(C=8, layers=3, in_channels=1, H=8, W=8, num_classes=10, steps=2, multiplier=2)
+    assert TINY.key() != wider.key()
+    assert TINY.shape_classes() != wider.shape_classes()
+
+
+def test_table_is_measured_once_then_reused_from_disk(tmp_path):
+    path = tmp_path / "latency" / "table.json"
+    timer = CountingTimer()
+    table = LatencyTable.load_or_measure(TINY, path, calibrate=3, timer=timer, progress=False)
+    n_ops = len([p for p in PRIMITIVES if p != "none"])
+    classes = TINY.shape_classes()
+    expected_entries = sum(n_ops - (1 if s == 1 else 0) for *_, s in classes)  # skip at stride 1 is free
+    assert len(table.entries) == expected_entries
+    assert timer.calls == expected_entries + 2 + 3  # entries, two skeletons, three calibration networks
+    saved = json.loads(path.read_text())
+    assert saved["fingerprint"]["id"] == machine_fingerprint(threads=1)["id"]
+
+    again = CountingTimer()
+    reused = LatencyTable.load_or_measure(TINY, path, calibrate=3, timer=again, progress=False)
+    assert again.calls == 0
+    assert reused.entries == table.entries
+
+    # A new shape (more channels) measures only what is missing; the first spec's entries stay.
+    wider = DeploySpec(C=8, layers=3, in_channels=1, H=8, W=8, num_classes=10, steps=2, multiplier=2)
+    third = CountingTimer()
+    both = LatencyTable.load_or_measure(wider, path, calibrate=0, timer=third, progress=False)
+    assert third.calls == expected_entries + 2
+    assert set(table.entries) < set(both.entries)
+
+    # The same file under another thread count is refused, not silently mixed.
+    with pytest.raises(ProfileError, match="fingerprint"):
+        LatencyTable.load_or_measure(TINY, path, threads=2, timer=CountingTimer(), progress=False)
+
+
+def test_table_prediction_is_calibrated_sum_of_entries(tmp_path):
+    table = LatencyTable.load_or_measure(TINY, tmp_path / "t.json", calibrate=3, timer=CountingTimer(),
+                                         progress=False)
+    g = random_genotype(__import__("random").Random(1), TINY.steps, TINY.multiplier)
+    costs = table.costs(TINY)
+    assert genotype_latency(g, costs) == pytest.approx(table.predict_ms(g, TINY), rel=1e-9)
+
+
+# ------------------------------------------------------------------ model: hand-computed numbers
+
+PRIMS = ("none", "max_pool_3x3", "sep_conv_3x3")
+
+
+def _costs() -> LatencyCosts:
+    # steps=2: edges (node 2: inputs 0, 1), (node 3: inputs 0, 1, 2); columns none, pool, sep.
+    normal = torch.tensor([[0, 1.0, 10.0], [0, 2.0, 20.0], [0, 3.0, 30.0], [0, 4.0, 40.0], [0, 5.0, 50.0]],
+                          dtype=torch.float64)
+    reduce = 100 * normal
+    return LatencyCosts(normal=normal, reduce=reduce, base_ms=7.0, primitives=PRIMS, steps=2)
+
+
+def _onehot(choice: list[str | None]) -> torch.Tensor:
+    """Rows of -inf except the chosen op; None = the edge is dropped (one-hot on 'none')."""
+    a = torch.full((len(choice), len(PRIMS)), -math.inf, dtype=torch.float64)
+    for e, op in enumerate(choice):
+        a[e, PRIMS.index(op or "none")] = 0.0
+    return a
+
+
+def test_expected_latency_equals_table_sum_for_one_hot_alpha():
+    costs = _costs()
+    # normal: node 2 = pool(0) + sep(1); node 3 = sep(0) + pool(2), input 1 dropped
+    an = _onehot(["max_pool_3x3", "sep_conv_3x3", "sep_conv_3x3", None, "max_pool_3x3"])
+    # reduce: node 2 = sep(0) + sep(1); node 3 = pool(1) + sep(2), input 0 dropped
+    ar = _onehot(["sep_conv_3x3", "sep_conv_3x3", None, "max_pool_3x3", "sep_conv_3x3"])
+    by_hand = 7.0 + (1 + 20 + 30 + 5) + 100 * (10 + 20 + 4 + 50)
+    assert float(expected_latency(an, ar, costs)) == pytest.approx(by_hand, rel=1e-12)
+    assert derived_latency(an, ar, costs) == pytest.approx(by_hand, rel=1e-12)
+    g = derive_genotype(an, ar, PRIMS, steps=2, multiplier=2)
+    assert genotype_latency(g, costs) == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_expected_latency_ignores_none_and_keeps_two_edges_per_node():
+    costs = _costs()
+    zeros = torch.zeros(5, 3, dtype=torch.float64)
+    # Uniform alpha: each op 1/2 among the deployable ones; node 2 keeps both inputs, node 3 two of three.
+    per_edge = torch.tensor([5.5, 11.0, 16.5, 22.0, 27.5], dtype=torch.float64)
+    by_hand = 7.0 + 101 * (per_edge[:2].sum() + 2 / 3 * per_edge[2:].sum())
+    assert float(expected_latency(zeros, zeros, costs)) == pytest.approx(float(by_hand), rel=1e-12)
+    # A huge weight on 'none' changes nothing about which deployable op is expected.
+    heavy_none = zeros.clone()
+    heavy_none[:2, 0] = 5.0
+    assert float(expected_latency(heavy_none, zeros, costs)) == pytest.approx(float(by_hand), rel=1e-12)
+
+
+def test_expected_latency_is_differentiable():
+    costs = _costs()
+    g = torch.Generator().manual_seed(0)
+    an = torch.randn(5, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    ar = torch.randn(5, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: expected_latency(a, b, costs), (an, ar))
+    # Straight-through: the derived network's value, the expectation's gradient.
+    st = straight_through(an, ar, costs)
+    assert float(st.detach()) == pytest.approx(derived_latency(an, ar, costs))
+    st.backward()
+    soft_grad = torch.autograd.grad(expected_latency(an, ar, costs), an)[0]
+    torch.testing.assert_close(an.grad, soft_grad)
+
+
+def test_penalty_is_two_sided_relative_error():
+    assert float(penalty(torch.tensor(3.0), 2.0, 0.5)) == pytest.approx(0.25)
+    assert float(penalty(torch.tensor(1.0), 2.0, 0.5)) == pytest.approx(0.25)
+    assert float(penalty(torch.tensor(2.0), 2.0, 0.5)) == 0.0
+
+
+def test_achievable_range_by_hand():
+    lo, hi = achievable_range(_costs())
+    # cheapest: node 2 pools on inputs 0, 1; node 3 pools on the two cheapest inputs (0, 1)
+    assert lo == pytest.approx(7 + 101 * (1 + 2 + 3 + 4))
+    assert hi == pytest.approx(7 + 101 * (10 + 20 + 40 + 50))
+
+
+@pytest.mark.parametrize("target", [1.0, 1e6, 0.0, -1.0])
+def test_impossible_or_non_positive_target_is_refused_with_the_range(target):
+    lo, hi = achievable_range(_costs())
+    with pytest.raises(LatencyTargetError) as e:
+        check_target(target, _costs())
+    assert f"{lo:.4g}" in str(e.value) and f"{hi:.4g}" in str(e.value)
+
+
+def test_non_positive_target_in_config_is_a_config_error():
+    with pytest.raises(ConfigError, match="latency_target"):
+        replace(SearchConfig(), latency_target=-2.0)
+    with pytest.raises(ConfigError, match="latency_target"):
+        replace(SearchConfig(), latency_target=0)
+
+
+# ------------------------------------------------------------------ search end to end
+
+def _tiny_cfg(tmp_path, target):
+    return SearchConfig(epochs=1, batch_size=64, C=4, layers=3, steps=2, multiplier=2, latency_target=target,
+                        latency_weight=1.0, latency_table=str(tmp_path / "table.json"), latency_calibration=3)
+
+
+def test_latency_constrained_search_runs_end_to_end(digits, tmp_path):
+    from nasdeploy.search.darts import search
+
+    deploy = TrainConfig(C=4, layers=3)
+    spec = DeploySpec.from_configs(_tiny_cfg(tmp_path, 1.0), deploy, digits.spec.input_shape,
+                                   digits.spec.num_classes)
+    table = LatencyTable.load_or_measure(spec, tmp_path / "table.json", calibrate=3, timer=CountingTimer(),
+                                         progress=False)
+    lo, hi = achievable_range(table.costs(spec))
+
+    with pytest.raises(LatencyTargetError, match="spans"):
+        search(_tiny_cfg(tmp_path, lo / 2), digits, tmp_path / "bad", progress=False, deploy=deploy)
+
+    target = (lo + hi) / 2
+    res = search(_tiny_cfg(tmp_path, target), digits, tmp_path / "run", progress=False, deploy=deploy)
+    rec = res.metrics[-1]
+    assert rec["penalty"] is not None and rec["penalty"] >= 0
+    assert rec["predicted_latency_ms"] == pytest.approx(table.predict_ms(res.genotype, spec))
+    assert lo <= rec["predicted_latency_ms"] <= hi
+    assert isinstance(res.genotype, Genotype)
+
+
+def test_cli_refuses_impossible_target_in_one_line(digits, tmp_path):
+    from click.testing import CliRunner
+
+    from nasdeploy.cli import main
+    from nasdeploy.config import load_config
+
+    cfg = load_config(preset="tiny")
+    spec = DeploySpec.from_configs(cfg.search, cfg.train, digits.spec.input_shape, digits.spec.num_classes)
+    path = tmp_path / "table.json"
+    table = LatencyTable.load_or_measure(spec, path, calibrate=8, timer=CountingTimer(), progress=False)
+    lo, hi = achievable_range(table.costs(spec))
+    res = CliRunner().invoke(main, ["search", "--preset", "tiny", "--out", str(tmp_path / "run"), "--quiet",
+                                    "--latency-target", str(hi * 3), "--latency-table", str(path)])
+    assert res.exit_code == 1
+    err = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(err) == 1 and "above the slowest" in err[0] and f"{hi:.4g}" in err[0]
+
+    # `latency-table` on a complete cached table times nothing and prints the range.
+    res = CliRunner().invoke(main, ["latency-table", "--preset", "tiny", "--table", str(path), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert f"{lo:.4f}–{hi:.4f} ms" in res.output
+
+
+@pytest.mark.slow
+def test_real_ort_table_predicts_a_tiny_network(tmp_path):
+    """The real path: dynamo export + ORT timing of every piece (minutes)."""
+    from nasdeploy.latency.table import deploy_network, ort_timer
+
+    table = LatencyTable.load_or_measure(TINY, tmp_path / "t.json", calibrate=3, progress=False)
+    assert all(e["stats"]["repeats"] >= 300 for e in table.entries.values())
+    g = random_genotype(__import__("random").Random(7), TINY.steps, TINY.multiplier)
+    measured = ort_timer()(deploy_network(g, TINY), TINY).p50_ms
+    assert table.predict_ms(g, TINY) == pytest.approx(measured, rel=0.3)
