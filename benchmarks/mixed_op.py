@@ -1,11 +1,15 @@
 """Fused vs reference mixed op: one op, then a whole DARTS search step.
 
-Timing: both kernels in this process, interleaved, median of repeats (wall clock).
+Timing: both kernels in this process, interleaved (so load drifts hit both),
+median of repeats; CPU time (time.process_time, all threads) is the ratio
+reported, wall time is printed beside it.
 Memory: peak RSS (ru_maxrss) of one fresh subprocess per kernel running the
 same steps, so neither kernel's allocations colour the other's figure.
 
-    python benchmarks/mixed_op.py            # C=16, 8 layers, batch 32, 32x32, 2 threads
-    python benchmarks/mixed_op.py --quick    # fewer repeats, batch 8
+    python benchmarks/mixed_op.py            # C=16, 8 layers, batch 32, 32x32, 2 threads (~5-10 min)
+    python benchmarks/mixed_op.py --full     # more repeats (9 op, 7 step, 2 memory steps)
+    python benchmarks/mixed_op.py --quick    # batch 8, fewest repeats
+    NASDEPLOY_CONV=kernel python benchmarks/mixed_op.py   # conv candidates on nasdeploy::sep_conv
 
 The last line is the summary: step time ratio and peak-memory ratio.
 """
@@ -26,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from nasdeploy.ops import kernel_status
+from nasdeploy.ops.mixed_op import conv_path
 from nasdeploy.space.mixed_op import MixedOp
 from nasdeploy.space.primitives import PRIMITIVES
 from nasdeploy.space.search_network import SearchNetwork
@@ -49,14 +54,15 @@ def search_step(net, opt, x, y) -> None:
     opt.step()
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(CPU seconds of this process, wall seconds) of one call."""
+    cpu, wall = time.process_time(), time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    return time.process_time() - cpu, time.perf_counter() - wall
 
 
 def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
-    """Median seconds per callable, the kernels alternating so load drifts hit both."""
+    """Median CPU seconds per callable (and ``<name>_wall``), the kernels alternating so load drifts hit both."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -64,7 +70,9 @@ def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
     for _ in range(repeats):
         for k, fn in fns.items():
             times[k].append(timed(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
+    out = {k: statistics.median(c for c, _ in v) for k, v in times.items()}
+    out.update({k + "_wall": statistics.median(w for _, w in v) for k, v in times.items()})
+    return out
 
 
 def bench_one_op(args) -> dict:
@@ -127,13 +135,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--op-repeats", type=int, default=9)
-    p.add_argument("--step-repeats", type=int, default=7)
-    p.add_argument("--mem-steps", type=int, default=2)
+    p.add_argument("--op-repeats", type=int, default=5)
+    p.add_argument("--step-repeats", type=int, default=3)
+    p.add_argument("--mem-steps", type=int, default=1)
+    p.add_argument("--full", action="store_true", help="9 op repeats, 7 step repeats, 2 memory steps")
     p.add_argument("--quick", action="store_true", help="batch 8, 3 repeats")
     p.add_argument("--memory-child", choices=("reference", "fused"), help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
+    if args.full:
+        args.op_repeats, args.step_repeats, args.mem_steps = 9, 7, 2
     if args.quick:
         args.batch, args.op_repeats, args.step_repeats, args.mem_steps = 8, 3, 3, 1
     if args.memory_child:
@@ -147,11 +158,14 @@ def main(argv: list[str] | None = None) -> None:
 
     op = bench_one_op(args)
     print(f"one mixed op fwd+bwd (C={args.channels}, stride 1): reference {op['reference'] * 1e3:.1f} ms, "
-          f"fused {op['fused'] * 1e3:.1f} ms, ratio {op['reference'] / op['fused']:.2f}x")  # fmt: skip
+          f"fused {op['fused'] * 1e3:.1f} ms CPU, ratio {op['reference'] / op['fused']:.2f}x (wall "
+          f"{op['reference_wall'] / op['fused_wall']:.2f}x)")  # fmt: skip
     step = bench_step(args)
-    print(f"search step: reference {step['reference'] * 1e3:.0f} ms, fused {step['fused'] * 1e3:.0f} ms (median of "
-          f"{args.step_repeats})")  # fmt: skip
-    child_argv = [a for a in argv if a != "--quick"] + (["--batch", "8", "--mem-steps", "1"] if args.quick else [])
+    print(f"search step: reference {step['reference'] * 1e3:.0f} ms, fused {step['fused'] * 1e3:.0f} ms CPU time "
+          f"(wall {step['reference_wall'] * 1e3:.0f} / {step['fused_wall'] * 1e3:.0f} ms; median of "
+          f"{args.step_repeats}, conv path {conv_path()})")  # fmt: skip
+    child_argv = [a for a in argv if a not in ("--quick", "--full")] + ["--mem-steps", str(args.mem_steps)]
+    child_argv += ["--batch", "8"] if args.quick else []
     mem = {k: peak_rss(k, child_argv) for k in ("reference", "fused")}
     for k, m in mem.items():
         print(f"peak RSS {k}: {m['peak_mib']:.0f} MiB (after setup {m['baseline_mib']:.0f} MiB)")
@@ -160,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     growth = (mem["fused"]["peak_mib"] - mem["fused"]["baseline_mib"]) / (
         mem["reference"]["peak_mib"] - mem["reference"]["baseline_mib"]
     )
-    print(f"RESULT search step: fused is {time_ratio:.2f}x faster (median wall time); peak memory {mem_ratio:.2f}x of "
+    print(f"RESULT search step: fused is {time_ratio:.2f}x faster (median CPU time); peak memory {mem_ratio:.2f}x of "
           f"reference (peak RSS of separate processes; {growth:.2f}x counting only growth above setup)")  # fmt: skip
 
 

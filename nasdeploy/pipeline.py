@@ -14,6 +14,7 @@ from pathlib import Path
 from .artifacts import RunDir, ensure_dir, read_json
 from .config import RunConfig, config_diff, load_config_file, save_config
 from .errors import ConfigError
+from .space.network import count_weights
 
 STAGES = ("search", "train", "export", "profile")
 
@@ -149,7 +150,7 @@ def pipeline(
         out=run.root,
         genotype=genotype,
         test_acc=float(ckpt["metrics"]["test_acc"]),
-        n_params=sum(p.numel() for p in model.parameters()),
+        n_params=count_weights(model, exclude_prefix="auxiliary_head"),  # the served network
         onnx_bytes=run.onnx.stat().st_size,
         p50_ms_batch1=p50,
         seconds=seconds,

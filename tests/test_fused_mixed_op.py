@@ -133,8 +133,35 @@ def test_opcheck(device):
         torch.library.opcheck(ops.sep_conv, (x, w_dw, w_pw, 1, 2, 2, prologue, 1e-5))
 
 
+@pytest.mark.parametrize("conv", ["native", "kernel"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_paths_match_reference(monkeypatch, conv, stride):
+    monkeypatch.setenv("NASDEPLOY_CONV", conv)
+    assert ops.conv_path() == conv
+    ref, fused = _pair(4, stride, torch.float64, "cpu")
+    x = torch.randn(2, 4, 7, 9, dtype=torch.float64)
+    w = torch.softmax(torch.randn(len(PRIMITIVES), dtype=torch.float64), 0)
+    g = torch.randn_like(ref(x, w))
+    ref.load_state_dict(fused.state_dict())
+    r, f = _run(ref, x, w, g), _run(fused, x, w, g)
+    for a, b in zip(f[:3], r[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    for i in (3, 4):
+        for name in r[i]:
+            torch.testing.assert_close(f[i][name], r[i][name], rtol=1e-9, atol=1e-9, msg=name)
+
+
+def test_unknown_conv_path_is_refused(monkeypatch):
+    monkeypatch.setenv("NASDEPLOY_CONV", "fast")
+    _, fused = _pair(4, 1, torch.float32, "cpu")
+    with pytest.raises(KernelError, match="NASDEPLOY_CONV"):
+        fused(torch.randn(1, 4, 5, 5), torch.softmax(torch.randn(8), 0))
+
+
+@pytest.mark.parametrize("conv", ["native", "kernel"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_search_step_parity_float32(batch):
+def test_search_step_parity_float32(monkeypatch, conv, batch):
+    monkeypatch.setenv("NASDEPLOY_CONV", conv)
     torch.manual_seed(0)
     ref = SearchNetwork(4, 5, 3, kernel="reference")
     fused = SearchNetwork(4, 5, 3, kernel="fused")

@@ -6,7 +6,10 @@ Two ops, each with a fake kernel and autograd registered right beside it:
   candidates (none, skip, 3x3 max/avg pool + affine-free batch-stat BN) are
   computed from x inside the kernel and recomputed in backward; the conv
   candidates arrive as their last BN's input and are normalized here.
-* ``nasdeploy::sep_conv`` -- ``pw(dw(prologue(x)))``, one DilConv/SepConv half
+* the conv candidates run by default as torch's own convolutions (oneDNN, in
+  channels_last) on one shared ReLU(x), their last BN done in ``mixed_op``;
+  ``NASDEPLOY_CONV=kernel`` runs them through
+  ``nasdeploy::sep_conv`` -- ``pw(dw(prologue(x)))``, one DilConv/SepConv half
   without its BN: the ReLU (or BN + ReLU) prologue and the depthwise output are
   recomputed in backward, never stored, so one ReLU(x) serves every conv candidate.
 
@@ -16,7 +19,10 @@ module's own parameters and buffers (same state_dict as the reference).
 
 from __future__ import annotations
 
+import os
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import KernelError
@@ -28,6 +34,7 @@ from . import load_backend
 NONE, MAX_POOL, AVG_POOL, IDENTITY, EXT_BN, EXT = range(6)
 PLAIN, RELU, BN_RELU = range(3)
 MAX_CANDIDATES = 16  # the CUDA kernel's fixed bound
+CONV_PATHS = ("native", "kernel")
 
 
 def _pool_size(n: int, stride: int) -> int:
@@ -275,8 +282,26 @@ def _affine_free(bn: nn.Module) -> bool:
     return type(bn) is nn.BatchNorm2d and not bn.affine
 
 
-def _candidate(op: nn.Module, x: Tensor, stride: int):
-    """(code, branch tensor or None, final BN or None) for one candidate module."""
+def conv_path() -> str:
+    """How the conv candidates run: ``NASDEPLOY_CONV`` = ``native`` (default) or ``kernel``.
+
+    ``native``: torch's own convolutions (oneDNN on CPU) on one shared ReLU(x)
+    in channels_last, with their BNs (the middle one as the module's ``nn.BatchNorm2d``, the last
+    one inside ``nasdeploy::mixed_op``). ``kernel``: ``nasdeploy::sep_conv``,
+    which recomputes the prologue and the depthwise output in backward (less
+    memory, slower on CPU: see docs/kernel.md).
+    """
+    path = os.environ.get("NASDEPLOY_CONV", "native")
+    if path not in CONV_PATHS:
+        raise KernelError(f"NASDEPLOY_CONV={path!r}", f"use one of {', '.join(CONV_PATHS)}")
+    return path
+
+
+def _candidate(op: nn.Module, x: Tensor, stride: int, relu_x, path: str):
+    """(code, branch tensor or None, final BN or None) for one candidate module.
+
+    ``relu_x()`` gives the edge's one shared ReLU(x) (computed on first use).
+    """
     if isinstance(op, Zero):
         return NONE, None, None
     if isinstance(op, Identity):
@@ -293,6 +318,10 @@ def _candidate(op: nn.Module, x: Tensor, stride: int):
                 return AVG_POOL, None, op[1]
     if isinstance(op, SepConv) and _affine_free(op.op[3]) and _affine_free(op.op[7]):
         a, b = _dw_pw(op.op[1], op.op[2]), _dw_pw(op.op[5], op.op[6])
+        if a and b and path == "native":
+            seq = op.op
+            h = F.relu(seq[3](seq[2](seq[1](relu_x()))), inplace=True)  # BN's backward needs its input only
+            return EXT_BN, seq[6](seq[5](h)).contiguous(), seq[7]
         if a and b:
             h, _, _ = sep_conv(x, op.op[1].weight, op.op[2].weight, *a, RELU, 0.0)
             y, mean, var = sep_conv(h, op.op[5].weight, op.op[6].weight, *b, BN_RELU, op.op[3].eps)
@@ -300,6 +329,8 @@ def _candidate(op: nn.Module, x: Tensor, stride: int):
             return EXT_BN, y, op.op[7]
     if isinstance(op, DilConv) and _affine_free(op.op[3]):
         a = _dw_pw(op.op[1], op.op[2])
+        if a and path == "native":
+            return EXT_BN, op.op[2](op.op[1](relu_x())).contiguous(), op.op[3]
         if a:
             y, _, _ = sep_conv(x, op.op[1].weight, op.op[2].weight, *a, RELU, 0.0)
             return EXT_BN, y, op.op[3]
@@ -315,8 +346,16 @@ def fused_mixed_op_forward(module: nn.Module, x: Tensor, weights: Tensor) -> Ten
     if not all(m.training for m in module.modules()):
         return reference_mixed_op(module.ops, x, weights)
     codes, ext, eps, bns = [], [], [], []
+    path, shared = conv_path(), []
+
+    def relu_x() -> Tensor:
+        if not shared:
+            # channels_last: oneDNN's depthwise convs are ~3x faster in NHWC than NCHW on CPU
+            shared.append(F.relu(x).contiguous(memory_format=torch.channels_last))
+        return shared[0]
+
     for op in module.ops:
-        code, branch, bn = _candidate(op, x, module.stride)
+        code, branch, bn = _candidate(op, x, module.stride, relu_x, path)
         codes.append(code)
         eps.append(bn.eps if bn is not None else 0.0)
         bns.append(bn)
