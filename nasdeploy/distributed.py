@@ -19,6 +19,7 @@ step), save a mid-epoch checkpoint and raise ``Interrupted``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
@@ -72,6 +73,11 @@ def env_ranks() -> tuple[int, int, int]:
     return rank, world, local
 
 
+def _shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def init_from_env(backend: str = "auto", device: str | torch.device = "cpu") -> DistContext:
     """Join the process group torchrun describes (idempotent); a single-process context outside torchrun.
 
@@ -96,6 +102,9 @@ def init_from_env(backend: str = "auto", device: str | torch.device = "cpu") -> 
             if var not in os.environ:
                 raise ConfigError(f"WORLD_SIZE={world} but {var} is not set", "launch with torchrun")
         dist.init_process_group(backend, rank=rank, world_size=world)
+        # Tear the group down before interpreter exit: a rank that exits with gloo's threads still
+        # alive can abort ("terminate called without an active exception").
+        atexit.register(_shutdown)
     elif dist.get_rank() != rank or dist.get_world_size() != world:
         raise ConfigError(f"the process group (rank {dist.get_rank()} of {dist.get_world_size()}) disagrees with "
                           f"RANK={rank} WORLD_SIZE={world}", "launch with torchrun")
