@@ -198,13 +198,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _resolved_hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def replace(section_obj, where: str = "", **overrides):
     """A copy of a section with ``overrides`` applied (``None`` values are ignored) and checked."""
-    hints = _resolved_hints(type(section_obj))
+    hints = typing.get_type_hints(type(section_obj))
     names = [f.name for f in fields(section_obj)]
     clean = {}
     for k, v in overrides.items():

@@ -35,3 +35,27 @@ def tiny_npz(tmp_path):
     path = tmp_path / "tiny.npz"
     np.savez(path, x=x, y=y)
     return path
+
+
+@pytest.fixture(scope="session")
+def export_onnx():
+    """A function: export an eval-mode network to one ONNX file the way ``nasdeploy export`` does.
+
+    dynamo exporter, no side ``.data`` file, input ``input`` / output ``logits``, dynamic batch
+    (unless ``dynamic=False``); ``class_names`` are added as metadata_props like the real export.
+    """
+    import json
+
+    import onnx
+
+    def export(net, path, dynamic=True, class_names=None, shape=(1, 8, 8)):
+        kw = {"dynamic_shapes": {"x": {0: torch.export.Dim("batch", min=1, max=1024)}}} if dynamic else {}
+        torch.onnx.export(net.eval(), (torch.randn(2, *shape),), str(path), dynamo=True, external_data=False,
+                          input_names=["input"], output_names=["logits"], verbose=False, **kw)
+        if class_names is not None:
+            model = onnx.load(str(path))
+            model.metadata_props.add(key="class_names", value=json.dumps(list(class_names)))
+            onnx.save(model, str(path))
+        return path
+
+    return export

@@ -19,26 +19,14 @@ from nasdeploy.deploy.openvino import compare, compile_model, predict  # noqa: E
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, export_onnx):
     """A DARTS_V2 network (C=8, 3 cells) in eval mode with non-trivial BN statistics, exported to one ONNX file."""
     torch.manual_seed(0)
     net = Network(GENOTYPES["DARTS_V2"], C=8, num_classes=10, layers=3, in_channels=1)
     with torch.no_grad():
         for _ in range(3):
             net(torch.randn(16, 1, 8, 8) * 1.5 + 0.3)
-    net.eval()
-    path = tmp_path_factory.mktemp("openvino") / "model.onnx"
-    torch.onnx.export(
-        net,
-        (torch.randn(2, 1, 8, 8),),
-        str(path),
-        dynamo=True,
-        external_data=False,
-        input_names=["input"],
-        output_names=["logits"],
-        verbose=False,
-        dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}},
-    )
+    path = export_onnx(net, tmp_path_factory.mktemp("openvino") / "model.onnx")
     return net, Path(path)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import onnx
@@ -20,34 +19,23 @@ text_format = pytest.importorskip("google.protobuf.text_format")
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: mc.TYPE_FP32, onnx.TensorProto.FLOAT16: mc.TYPE_FP16}
 
 
-def export_small(path: Path, dynamic: bool = True, classes: int = 10) -> Path:
-    """A DARTS_V2 network (C=8, 3 cells, 1x8x8 input) in eval mode with BN statistics, exported to one file."""
+def small_net(classes: int = 10) -> Network:
+    """A DARTS_V2 network (C=8, 3 cells, 1x8x8 input) with BN statistics from a few train-mode batches."""
     torch.manual_seed(0)
     net = Network(GENOTYPES["DARTS_V2"], C=8, num_classes=classes, layers=3, in_channels=1)
     with torch.no_grad():
         for _ in range(3):
             net(torch.randn(8, 1, 8, 8))
-    kw = {"dynamic_shapes": {"x": {0: torch.export.Dim("batch", min=1, max=1024)}}} if dynamic else {}
-    torch.onnx.export(
-        net.eval(),
-        (torch.randn(2, 1, 8, 8),),
-        str(path),
-        dynamo=True,
-        external_data=False,
-        input_names=["input"],
-        output_names=["logits"],
-        verbose=False,
-        **kw,
-    )
-    model = onnx.load(str(path))
-    model.metadata_props.add(key="class_names", value=json.dumps([f"digit {i}" for i in range(classes)]))
-    onnx.save(model, str(path))
-    return path
+    return net
+
+
+def export_small(export_onnx, path: Path, dynamic: bool = True, classes: int = 10) -> Path:
+    return export_onnx(small_net(classes), path, dynamic=dynamic, class_names=[f"digit {i}" for i in range(classes)])
 
 
 @pytest.fixture(scope="module")
-def onnx_path(tmp_path_factory):
-    return export_small(tmp_path_factory.mktemp("triton") / "model.onnx")
+def onnx_path(tmp_path_factory, export_onnx):
+    return export_small(export_onnx, tmp_path_factory.mktemp("triton") / "model.onnx")
 
 
 def _parse(path: Path):
@@ -121,19 +109,19 @@ def test_a_field_outside_tritons_schema_fails_to_parse(onnx_path, tmp_path):
         check_repository(folder)
 
 
-def test_a_changed_model_file_fails_the_cross_check(onnx_path, tmp_path):
+def test_a_changed_model_file_fails_the_cross_check(onnx_path, tmp_path, export_onnx):
     folder = write_repository(onnx_path, tmp_path / "repo", "m")
-    other = export_small(tmp_path / "other.onnx", classes=5)
+    other = export_small(export_onnx, tmp_path / "other.onnx", classes=5)
     (folder / "1" / "model.onnx").write_bytes(other.read_bytes())
     problems = check_repository(folder, onnx_path)
     assert any("not a copy" in p for p in problems) and any("dims" in p for p in problems)
 
 
-def test_fixed_batch_model_and_bad_names_are_rejected(tmp_path):
-    fixed = export_small(tmp_path / "fixed.onnx", dynamic=False)
+def test_fixed_batch_model_and_bad_names_are_rejected(tmp_path, export_onnx):
+    fixed = export_small(export_onnx, tmp_path / "fixed.onnx", dynamic=False)
     with pytest.raises(ExportError, match="fixed batch size"):
         render_config(fixed, "m", max_batch_size=8)
-    dynamic = export_small(tmp_path / "dyn.onnx")
+    dynamic = export_small(export_onnx, tmp_path / "dyn.onnx")
     with pytest.raises(ExportError, match="folder name"):
         write_repository(dynamic, tmp_path / "repo", "bad name/..")
     with pytest.raises(ExportError, match="max_batch_size"):

@@ -4,7 +4,6 @@ fp16 with fp32 I/O, figures in export.json, all variants profiled side by side, 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -34,27 +33,8 @@ from nasdeploy.space.network import Network
 FAST = dict(warmup=1, repeats=5, rounds=1)
 
 
-def export_small(net: torch.nn.Module, path: Path, shape=(1, 8, 8)) -> Path:
-    """torch.onnx.export (dynamo, one file, dynamic batch) of an eval-mode network, with a little metadata."""
-    torch.onnx.export(
-        net.eval(),
-        (torch.randn(2, *shape),),
-        str(path),
-        dynamo=True,
-        external_data=False,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}},
-        verbose=False,
-    )
-    model = onnx.load(str(path))
-    model.metadata_props.add(key="class_names", value=json.dumps([str(i) for i in range(10)]))
-    onnx.save(model, str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, digits):
+def trained(tmp_path_factory, digits, export_onnx):
     """A small DARTS_V2 network trained for a few hundred steps on digits (~80% test accuracy), exported."""
     torch.manual_seed(0)
     net = Network(GENOTYPES["DARTS_V2"], C=8, num_classes=10, layers=3, in_channels=1)
@@ -69,7 +49,7 @@ def trained(tmp_path_factory, digits):
             F.cross_entropy(net(digits.x_train[idx]), digits.y_train[idx]).backward()
             opt.step()
     d = tmp_path_factory.mktemp("variants")
-    return net.eval(), export_small(net, d / "model.onnx")
+    return net.eval(), export_onnx(net, d / "model.onnx", class_names=[str(i) for i in range(10)])
 
 
 def _session(path, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
