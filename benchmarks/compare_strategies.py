@@ -34,8 +34,8 @@ import torch
 from nasdeploy.artifacts import read_jsonl
 from nasdeploy.config import SearchConfig, TrainConfig
 from nasdeploy.data import load_dataset
-from nasdeploy.search.darts import limit_skips, parameter_free_share
-from nasdeploy.search.strategy import candidate_ops, run_strategy, sample_genotype
+from nasdeploy.strategies.darts import limit_skips, parameter_free_share
+from nasdeploy.strategies.strategy import candidate_ops, run_strategy, sample_genotype
 from nasdeploy.space.genotype import GENOTYPES, Genotype
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -71,7 +71,7 @@ def _search_job(strategy: str, seed: int, work: str, cfg_d: dict) -> dict:
 
 
 def _train_job(method: str, seed: int, genotype: dict, work: str, train_d: dict) -> dict:
-    from nasdeploy.train import train
+    from nasdeploy.training import train
 
     torch.set_num_threads(1)
     data = load_dataset("digits", seed=0)

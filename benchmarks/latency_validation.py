@@ -76,8 +76,8 @@ def steering(spec: DeploySpec, table_path: Path, targets: list[float | None], ar
     from nasdeploy.data import load_dataset
     from nasdeploy.deploy.export import export
     from nasdeploy.deploy.profile import profile
-    from nasdeploy.search.darts import search
-    from nasdeploy.train import train
+    from nasdeploy.strategies.darts import search
+    from nasdeploy.training import train
 
     data = load_dataset("digits", seed=0)
     quick = PRESETS["quick"]

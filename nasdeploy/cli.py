@@ -156,7 +156,7 @@ def search(dataset, out, config_path, preset, resume, overwrite, quiet, order, *
     """
     from .config import save_config
     from .distributed import main_only
-    from .search.strategy import run_strategy as run_search
+    from .strategies.strategy import run_strategy as run_search
 
     opts["order"] = int(order) if order else None
     cfg = _load(config_path, preset, {"data": {"dataset": dataset}, "search": opts})
@@ -305,7 +305,7 @@ def train(genotype_ref, dataset, out, config_path, preset, resume, quiet, **opts
       nasdeploy train --genotype DARTS_V2 --preset quick --out runs/v2
     """
     from .space.genotype import Genotype
-    from .train import train as run_train
+    from .training import train as run_train
 
     genotype = Genotype.load(genotype_ref)
     cfg = _load(config_path, preset, {"data": {"dataset": dataset}, "train": opts})
@@ -428,7 +428,7 @@ def profile(onnx_model, out, checkpoint, config_path, preset, **opts):
     cfg = _load(config_path, preset, {"profile": opts})
     torch_model = None
     if checkpoint:
-        from .train import load_network
+        from .training import load_network
 
         torch_model = load_network(checkpoint)[0]
     if out is None:  # RUN/export/model.onnx -> RUN; elsewhere the model's own folder
@@ -481,7 +481,7 @@ def pipeline(dataset, out, search_epochs, train_epochs, seed, kernel, threads, f
     Example:
       nasdeploy pipeline --out runs/demo
     """
-    from .pipeline import pipeline as run_pipeline
+    from .stages import pipeline as run_pipeline
 
     if preset is None and config_path is None:
         preset = "quick"

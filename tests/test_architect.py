@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nasdeploy.search.architect import Architect
+from nasdeploy.strategies.architect import Architect
 from nasdeploy.space.search_network import SearchNetwork
 
 

@@ -31,9 +31,9 @@ WORKER = textwrap.dedent(
     import json, sys, torch
     from nasdeploy.config import SearchConfig, TrainConfig
     from nasdeploy.data import Dataset, DataSpec
-    from nasdeploy.search.darts import search
+    from nasdeploy.strategies.darts import search
     from nasdeploy.space.genotype import GENOTYPES
-    from nasdeploy.train import train
+    from nasdeploy.training import train
 
     torch.set_num_threads(1)
     kind, out = sys.argv[1], sys.argv[2]

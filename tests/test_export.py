@@ -90,7 +90,7 @@ def imagenet(tmp_path_factory):
 
 
 def _torch_logits(ckpt, x):
-    from nasdeploy.train import load_network
+    from nasdeploy.training import load_network
 
     net, _ = load_network(ckpt)
     with torch.no_grad():

@@ -191,7 +191,7 @@ def _tiny_cfg(tmp_path, target):
 
 
 def test_latency_constrained_search_runs_end_to_end(digits, tmp_path):
-    from nasdeploy.search.darts import search
+    from nasdeploy.strategies.darts import search
 
     deploy = TrainConfig(C=4, layers=3)
     spec = DeploySpec.from_configs(_tiny_cfg(tmp_path, 1.0), deploy, digits.spec.input_shape,

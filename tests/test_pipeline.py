@@ -10,7 +10,7 @@ from nasdeploy.artifacts import RunDir
 from nasdeploy.cli import main
 from nasdeploy.config import load_config
 from nasdeploy.errors import ConfigError
-from nasdeploy.pipeline import pipeline
+from nasdeploy.stages import pipeline
 
 
 def _cfg(**search):

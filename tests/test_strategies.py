@@ -10,10 +10,10 @@ import torch
 from nasdeploy.artifacts import RunDir, load_checkpoint, read_json, read_jsonl
 from nasdeploy.config import SearchConfig
 from nasdeploy.errors import ConfigError
-from nasdeploy.search.darts import CollapseWarning, derive, limit_skips
-from nasdeploy.search.evolution import AgingEvolution, mutate
-from nasdeploy.search.reinforce import Controller, Reinforce, decode
-from nasdeploy.search.strategy import SharedSupernet, candidate_ops, node_offset, run_strategy, sample_genotype
+from nasdeploy.strategies.darts import CollapseWarning, derive, limit_skips
+from nasdeploy.strategies.evolution import AgingEvolution, mutate
+from nasdeploy.strategies.reinforce import Controller, Reinforce, decode
+from nasdeploy.strategies.strategy import SharedSupernet, candidate_ops, node_offset, run_strategy, sample_genotype
 from nasdeploy.space.genotype import Genotype, derive_genotype
 from nasdeploy.space.primitives import PRIMITIVES
 

@@ -14,7 +14,7 @@ from nasdeploy.config import TrainConfig
 from nasdeploy.data import Dataset, DataSpec
 from nasdeploy.errors import CheckpointError
 from nasdeploy.space.genotype import GENOTYPES
-from nasdeploy.train import cutout, evaluate, load_network, train
+from nasdeploy.training import cutout, evaluate, load_network, train
 
 GENOTYPE = GENOTYPES["DARTS_V2"]
 CFG = TrainConfig(
@@ -22,7 +22,7 @@ CFG = TrainConfig(
 )  # bitwise results need the same thread count
 
 # nasdeploy.train is the API function; the module lives in sys.modules under the same name
-train_mod = importlib.import_module("nasdeploy.train")
+train_mod = importlib.import_module("nasdeploy.training")
 
 
 def synthetic_data(n_per_class: int = 40, classes: int = 3, seed: int = 0) -> Dataset:

@@ -31,7 +31,7 @@ from ..config import ExportConfig
 from ..data import Dataset, DataSpec, load_dataset
 from ..errors import CheckpointError, ExportError, ProfileError
 from ..space.network import count_weights
-from ..train import load_network
+from ..training import load_network
 from .onnx_utils import file_sha256, graph_inputs, graph_outputs, load_onnx, metadata
 
 INPUT_NAME = "input"

@@ -88,7 +88,7 @@ class DeploySpec:
     @classmethod
     def from_configs(cls, search_cfg, train_cfg, input_shape: Sequence[int], num_classes: int) -> DeploySpec:
         """The served network: ``train_cfg``'s C/layers/stem, ``search_cfg``'s cell shape and latency batch."""
-        from ..train import stem_for
+        from ..training import stem_for
 
         c, h, w = (int(v) for v in input_shape)
         return cls(

@@ -82,9 +82,9 @@ def pipeline(
     from .data import load_dataset
     from .deploy.export import export
     from .deploy.profile import LatencyReport, profile
-    from .search.strategy import run_strategy
+    from .strategies.strategy import run_strategy
     from .space.genotype import Genotype
-    from .train import load_network, train
+    from .training import load_network, train
 
     run = RunDir(out)
     ensure_dir(run.root)
