@@ -34,9 +34,10 @@ import torch
 from nasdeploy.artifacts import read_jsonl
 from nasdeploy.config import SearchConfig, TrainConfig
 from nasdeploy.data import load_dataset
-from nasdeploy.strategies.darts import limit_skips, parameter_free_share
-from nasdeploy.strategies.strategy import candidate_ops, run_strategy, sample_genotype
+from nasdeploy.space.cell import candidate_ops, sample_genotype
 from nasdeploy.space.genotype import GENOTYPES, Genotype
+from nasdeploy.strategies.darts import limit_skips, parameter_free_share
+from nasdeploy.strategies.dispatch import run_strategy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STRATEGIES = ("darts", "random", "evolution", "rl")

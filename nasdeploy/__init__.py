@@ -6,20 +6,16 @@ shadows a module (``nasdeploy.strategies``, ``nasdeploy.training``,
 ``nasdeploy.deploy``).
 """
 
-__version__ = "0.1.0"
-
-from .config import RunConfig, load_config  # noqa: E402
-from .data import Dataset, DataSpec, load_dataset  # noqa: E402
-from .deploy.export import export  # noqa: E402
-from .deploy.profile import profile  # noqa: E402
-from .errors import NasdeployError  # noqa: E402
-from .pipeline import pipeline  # noqa: E402
-from .strategies.strategy import run_strategy as search  # noqa: E402
-from .space.genotype import GENOTYPES, Genotype  # noqa: E402
-from .space.mixed_op import MixedOp  # noqa: E402
-from .space.network import Network  # noqa: E402
-from .space.search_network import SearchNetwork  # noqa: E402
-from .training import load_network, train  # noqa: E402
+from .checkpoint import load_network
+from .config import RunConfig, load_config
+from .data import Dataset, DataSpec, load_dataset
+from .errors import NasdeployError
+from .space.genotype import GENOTYPES, Genotype
+from .space.mixed_op import MixedOp
+from .space.network import Network
+from .space.search_network import SearchNetwork
+from .stages import export, pipeline, profile, resolve_config, search, train
+from .version import __version__
 
 __all__ = [
     "GENOTYPES",
@@ -38,6 +34,7 @@ __all__ = [
     "load_network",
     "pipeline",
     "profile",
+    "resolve_config",
     "search",
     "train",
 ]

@@ -10,6 +10,7 @@ version) so a foreign or mismatched file is named, not misread.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -172,6 +173,15 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     return Path(path)
 
 
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _jsonable(obj: Any) -> Any:
     """Convert numpy/torch scalars and non-finite floats to strict JSON values."""
     if isinstance(obj, float):
@@ -227,7 +237,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict, kind: str) -> Path:
     """Save ``payload`` (tensors + JSON-able values) tagged with ``kind``'s format."""
     import torch
 
-    from . import __version__
+    from .version import __version__
 
     obj = dict(payload)
     obj["format"] = FORMATS[kind]

@@ -99,13 +99,6 @@ def _load(config_path, preset, overrides):
     return load_config(config_path, preset, overrides)
 
 
-def _dataset(cfg):
-    from .data import load_dataset
-
-    return load_dataset(cfg.data.dataset, seed=cfg.data.split_seed, val_fraction=cfg.data.val_fraction,
-                        test_fraction=cfg.data.test_fraction)
-
-
 # ----------------------------------------------------------------- search
 
 @main.command(context_settings=CONTEXT)
@@ -135,6 +128,8 @@ def _dataset(cfg):
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ...")
 @click.option("--kernel", type=click.Choice(["auto", "fused", "reference"]), default=None,
               help="Mixed-op implementation (default auto: fused when built).")
+@click.option("--conv-path", type=click.Choice(["native", "kernel"]), default=None,
+              help="Fused kernel's conv candidates: native (oneDNN, default) or kernel (csrc/, least memory).")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads.")
 @click.option("--latency-target", type=float, default=None,
               help="ORT p50 budget in ms of the deployed network ([train] C/layers, batch 1, 1 thread); "
@@ -154,26 +149,21 @@ def search(dataset, out, config_path, preset, resume, overwrite, quiet, order, *
     Example:
       nasdeploy search --dataset digits --preset quick --out runs/demo
     """
-    from .config import save_config
-    from .distributed import main_only
-    from .strategies.strategy import run_strategy as run_search
+    from .stages import load_data, resolve_config
+    from .stages import search as run_search
 
     opts["order"] = int(order) if order else None
-    cfg = _load(config_path, preset, {"data": {"dataset": dataset}, "search": opts})
-    if not (resume or overwrite):  # resume checks supernet.pt's own config instead
-        _refuse_other_run(cfg, Path(out), ("data", "search"))
-    data = _dataset(cfg)
+    cfg = resolve_config(out, config_path, preset, {"data": {"dataset": dataset}, "search": opts}, "search")
+    data = load_data(cfg)
     click.echo(f"data: {data.summary()}", err=True)
     t0 = time.perf_counter()
-    res = run_search(cfg.search, data, out, progress=not quiet, resume=resume, deploy=cfg.train)
-    if main_only():  # under torchrun rank 0 alone writes
-        save_config(cfg, Path(out) / "config.toml")
+    res = run_search(cfg, out, data=data, progress=not quiet, resume=resume, overwrite=overwrite)
     _print_genotype(res.genotype)
     click.echo(f"val accuracy (supernet): {res.val_acc:.4f}   time: {time.perf_counter() - t0:.1f}s")
     if res.metrics and "predicted_latency_ms" in res.metrics[-1]:
         click.echo(f"predicted ORT p50 of the deployed network: {res.metrics[-1]['predicted_latency_ms']:.4f} ms "
                    f"(target {cfg.search.latency_target:g} ms)")
-    click.echo(f"genotype: {Path(out) / 'search' / 'genotype.json'}")
+    click.echo(f"genotype: {Path(out) / 'search' / 'genotype.json'}   run summary: {Path(out) / 'summary.json'}")
     click.echo(f"pictures: {Path(out) / 'search'}/{{cells_normal,cells_reduce}}.{{png,svg}}, alphas.png, curves.png")
 
 
@@ -206,7 +196,9 @@ def latency_table(dataset, table_path, C, layers, steps, quiet, config_path, pre
 
     cfg = _load(config_path, preset, {"data": {"dataset": dataset}, "search": {**opts, "steps": steps,
                                       "latency_table": table_path}, "train": {"C": C, "layers": layers}})
-    data = _dataset(cfg)
+    from .stages import load_data
+
+    data = load_data(cfg)
     s = cfg.search
     spec = DeploySpec.from_configs(s, cfg.train, data.spec.input_shape, data.spec.num_classes)
     t0 = time.perf_counter()
@@ -223,20 +215,6 @@ def latency_table(dataset, table_path, C, layers, steps, quiet, config_path, pre
     click.echo(f"table: {table.path}   time: {time.perf_counter() - t0:.1f}s")
 
 
-def _refuse_other_run(cfg, out: Path, sections):
-    """A search into a directory whose config.toml describes a different run would mix two runs."""
-    from .config import config_diff, load_config_file
-    from .errors import ConfigError
-
-    if not (out / "config.toml").is_file():
-        return
-    diff = config_diff(load_config_file(out / "config.toml"), cfg, sections=sections)
-    if diff:
-        key, a, b = diff[0]
-        raise ConfigError(f"{out} already holds another run ({key}: {a!r} there, {b!r} now)",
-                          "use a new --out directory, or pass --overwrite to replace it")
-
-
 def _print_genotype(g):
     for kind in ("normal", "reduce"):
         edges, concat = g.cell(kind == "reduce")
@@ -249,7 +227,7 @@ def _print_genotype(g):
 @main.command(context_settings=CONTEXT)
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 def show(run_dir):
-    """Print a search's genotype and summary and (re)draw its pictures into RUN_DIR/search/.
+    """Print a run's report (every finished stage) and (re)draw the search pictures; refresh summary.json.
 
     \b
     Example:
@@ -257,28 +235,35 @@ def show(run_dir):
     """
     from .artifacts import RunDir, read_json
     from .errors import ConfigError
-    from .space.genotype import Genotype
-    from .viz import render_search
+    from .runs import render_report, update_summary
 
     run = RunDir(run_dir)
-    if not run.genotype.exists():
-        raise ConfigError(f"{run.genotype} not found", "pass a run directory that holds search/genotype.json")
-    _print_genotype(Genotype.load(run.genotype))
+    if not any((run.root / stage).is_dir() for stage in ("search", "train", "export", "profile")):
+        raise ConfigError(f"{run.genotype} not found: {run.root} holds no stage of a run",
+                          "pass a run directory written by nasdeploy (search/genotype.json, train/model.pt, ...)")
+    click.echo(render_report(update_summary(run)))
     summary = run.search / "summary.json"
     if summary.exists():
         s = read_json(summary)
         extra = f"   scored {s['candidates_scored']}" if "candidates_scored" in s else ""
         click.echo(f"strategy {s['strategy']}   val accuracy {s['val_acc']:.4f}   {s['seconds']:.1f}s   "
                    f"stopped by {s['stopped_by']}{extra}")
-    for name, path in render_search(run.root).items():
-        click.echo(f"{name:17s} {path}")
+    if run.genotype.exists():
+        from .space.genotype import Genotype
+        from .viz import render_search
+
+        _print_genotype(Genotype.load(run.genotype))
+        for name, path in render_search(run.root).items():
+            click.echo(f"{name:17s} {path}")
+    click.echo(f"{'summary':17s} {run.root / 'summary.json'}")
+    click.echo(f"{'report':17s} {run.root / 'report.md'}")
 
 
 # ----------------------------------------------------------------- train
 
 @main.command(context_settings=CONTEXT)
-@click.option("--genotype", "genotype_ref", required=True,
-              help="genotype.json path or a published name (DARTS_V1, DARTS_V2).")
+@click.option("--genotype", "genotype_ref", default=None,
+              help="genotype.json path or a published name (DARTS_V1, DARTS_V2); default OUT/search/genotype.json.")
 @_data_options
 @click.option("--out", type=click.Path(file_okay=False), default="runs/train", show_default=True,
               help="Run directory; artifacts go to OUT/train/.")
@@ -294,9 +279,10 @@ def show(run_dir):
 @click.option("--device", default=None, help="cpu, cuda ...")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/train/last.pt.")
+@click.option("--overwrite", is_flag=True, help="Train again where OUT/train/model.pt already exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_config_options
-def train(genotype_ref, dataset, out, config_path, preset, resume, quiet, **opts):
+def train(genotype_ref, dataset, out, config_path, preset, resume, overwrite, quiet, **opts):
     """Train a genotype from scratch (DARTS evaluation recipe) and write OUT/train/model.pt.
 
     \b
@@ -304,14 +290,14 @@ def train(genotype_ref, dataset, out, config_path, preset, resume, quiet, **opts
       nasdeploy train --genotype runs/demo/search/genotype.json --dataset digits --out runs/demo
       nasdeploy train --genotype DARTS_V2 --preset quick --out runs/v2
     """
-    from .space.genotype import Genotype
-    from .training import train as run_train
+    from .stages import load_data, resolve_config
+    from .stages import train as run_train
 
-    genotype = Genotype.load(genotype_ref)
-    cfg = _load(config_path, preset, {"data": {"dataset": dataset}, "train": opts})
-    data = _dataset(cfg)
+    cfg = resolve_config(out, config_path, preset, {"data": {"dataset": dataset}, "train": opts}, "train")
+    data = load_data(cfg)
     click.echo(f"data: {data.summary()}", err=True)
-    res = run_train(genotype, cfg.train, data, out, progress=not quiet, resume=resume)
+    res = run_train(cfg, out, genotype=genotype_ref, data=data, progress=not quiet, resume=resume,
+                    overwrite=overwrite)
     click.echo(f"test accuracy: {res.test_acc:.4f}   best val: {res.best_val_acc:.4f}   "
                f"params: {res.n_params:,}   time: {res.seconds:.1f}s")
     click.echo(f"checkpoint: {res.checkpoint}")
@@ -338,61 +324,45 @@ def train(genotype_ref, dataset, out, config_path, preset, resume, quiet, **opts
 @click.option("--triton-gpu/--triton-cpu", "triton_gpu", default=None,
               help="Triton instance group on the GPU or the CPU (default CPU).")
 @click.option("--max-batch-size", type=int, default=None, help="Triton max_batch_size (64).")
+@click.option("--overwrite", is_flag=True, help="Export again where the export already finished.")
 @_config_options
-def export(checkpoint, out, config_path, preset, **opts):
+def export(checkpoint, out, config_path, preset, overwrite, **opts):
     """Export a trained model.pt to one verified ONNX file (checker, parity, metadata).
 
     \b
     Example:
       nasdeploy export runs/demo/train/model.pt
     """
-    from .deploy.export import export as run_export
+    from .stages import export as run_export
+    from .stages import resolve_config
 
-    triton = {k: opts.pop(k) for k in ("triton_repo", "model_name", "triton_variant")}  # not config keys
-    if triton["triton_repo"] is None and (triton["model_name"] or triton["triton_variant"] or opts["triton_gpu"]):
+    if opts["triton_repo"] is None and (opts["model_name"] or opts["triton_variant"] or opts["triton_gpu"]):
         raise click.UsageError("--model-name/--triton-variant/--triton-gpu need --triton-repo DIR")
-    cfg = _load(config_path, preset, {"export": opts})
-    if triton["triton_variant"] not in (None, *cfg.export.variants):
-        raise click.UsageError(f"--triton-variant {triton['triton_variant']} is not built; add it to --variants")
-    rep = run_export(checkpoint, cfg.export, out=out)
+    parent = Path(checkpoint).resolve().parent
+    run = parent.parent if parent.name == "train" else None
+    cfg = resolve_config(run, config_path, preset, {"export": opts}, "export")
+    res = run_export(cfg, checkpoint, out=out, overwrite=overwrite)
+    rep = res.report
     parity = "  ".join(f"batch {p['batch']}: {p['max_abs_diff']:.2e}" for p in rep.parity)
     click.echo(f"onnx: {rep.onnx}  ({rep.file_size / 1e6:.2f} MB, opset {rep.opset}, {rep.exporter} exporter)")
     click.echo(f"parity max |onnx - torch| ({rep.parity_inputs}): {parity}")
     click.echo(f"batch independence: {rep.batch_independence_max_abs_diff:.2e}   checker: "
                f"{'ok' if rep.checker_ok else 'FAILED'}   sha256: {rep.sha256[:16]}…")
     click.echo(f"report: {rep.report}")
-    _export_variants_and_triton(Path(rep.onnx), cfg.export, **triton)
+    _print_variants_and_triton(res, cfg.export)
 
 
-def _export_variants_and_triton(onnx_path, export_cfg, triton_repo, model_name, triton_variant):
-    """``export --variants`` (deploy/quantize.py) and ``--triton-repo`` (deploy/triton.py), after the fp32 file."""
-    from .deploy.quantize import FILES, build_variants
-
-    if tuple(export_cfg.variants) != ("fp32",):
-        report = build_variants(onnx_path, export_cfg)
-        for name, v in report.items():
-            acc = (f"test acc {v['test_accuracy']:.4f} ({100 * v['accuracy_change']:+.2f} pp)"
-                   if "test_accuracy" in v else "test acc n/a")
-            lat = "  ".join(f"b{b} {x['p50_ms']:.3f} ms ({x['ratio_to_fp32']:.2f}x)" for b, x in v["latency"].items())
-            click.echo(f"variant {name:9s} {v['file']:22s} {acc}  p50 {lat}")
-    if triton_repo is None:
-        return
-    from .deploy.triton import check_repository, schema_available, write_repository
-    from .errors import ExportError
-
-    variant = triton_variant or "fp32"
-    source = onnx_path.parent / FILES[variant]
-    folder = write_repository(source, triton_repo, model_name or "nasdeploy", export_cfg.max_batch_size,
-                              gpu=export_cfg.triton_gpu)
-    if schema_available():
-        problems, checked = check_repository(folder, source), "checked against Triton's model-config schema"
-    else:
-        problems, checked = [], "not schema-checked: pip install 'nasdeploy[serve]' to check it"
-    if problems:
-        raise ExportError(f"{folder / 'config.pbtxt'} disagrees with the model: {'; '.join(problems)}",
-                          "report this; the Triton writer is wrong")
-    click.echo(f"triton: {folder} ({variant}, {'GPU' if export_cfg.triton_gpu else 'CPU'}, "
-               f"max_batch_size {export_cfg.max_batch_size}; {checked})")
+def _print_variants_and_triton(res, export_cfg):
+    for name, v in res.variants.items():
+        acc = (f"test acc {v['test_accuracy']:.4f} ({100 * v['accuracy_change']:+.2f} pp)"
+               if "test_accuracy" in v else "test acc n/a")
+        lat = "  ".join(f"b{b} {x['p50_ms']:.3f} ms ({x['ratio_to_fp32']:.2f}x)" for b, x in v["latency"].items())
+        click.echo(f"variant {name:9s} {v['file']:22s} {acc}  p50 {lat}")
+    if res.triton is not None:
+        checked = ("checked against Triton's model-config schema" if res.triton_checked
+                   else "not schema-checked: pip install 'nasdeploy[serve]' to check it")
+        click.echo(f"triton: {res.triton} ({export_cfg.triton_variant}, {'GPU' if export_cfg.triton_gpu else 'CPU'}, "
+                   f"max_batch_size {export_cfg.max_batch_size}; {checked})")
 
 
 # ----------------------------------------------------------------- profile
@@ -413,47 +383,29 @@ def _export_variants_and_triton(onnx_path, export_cfg, triton_repo, model_name, 
 @click.option("--variants/--no-variants", "compare_variants", default=None,
               help="Also time every variant beside the model (model.int8.onnx, ...) side by side "
                    "(default: on when there is one).")
+@click.option("--overwrite", is_flag=True, help="Profile again where OUT/profile/latency.json exists.")
 @_config_options
-def profile(onnx_model, out, checkpoint, config_path, preset, **opts):
+def profile(onnx_model, out, checkpoint, config_path, preset, overwrite, **opts):
     """Measure ONNX Runtime latency: warm-up, percentiles, throughput, per-op breakdown.
 
     \b
     Example:
       nasdeploy profile runs/demo/export/model.onnx --batch-sizes 1,8,32 --threads 1
     """
-    from .deploy.profile import profile as run_profile
     from .deploy.profile import render_markdown
+    from .stages import profile as run_profile
+    from .stages import resolve_config
 
     compare_variants = opts.pop("compare_variants", None)
-    cfg = _load(config_path, preset, {"profile": opts})
-    torch_model = None
-    if checkpoint:
-        from .training import load_network
-
-        torch_model = load_network(checkpoint)[0]
-    if out is None:  # RUN/export/model.onnx -> RUN; elsewhere the model's own folder
-        parent = Path(onnx_model).resolve().parent
-        out = parent.parent if parent.name == "export" else parent
-    rep = run_profile(onnx_model, cfg.profile, out=out, torch_model=torch_model)
-    click.echo(render_markdown(rep))
-    _profile_variants(Path(onnx_model), cfg.profile, out, compare_variants)
-    click.echo(f"report: {Path(out) / 'profile' / 'latency.json'}")
-
-
-def _profile_variants(onnx_model, profile_cfg, out, wanted):
-    """``profile --variants``: all variant files beside the model timed side by side (deploy/quantize.py)."""
-    from .deploy.quantize import find_variants, profile_variants
-
-    if wanted is False:
-        return
-    is_export = onnx_model.name == "model.onnx"
-    if wanted and not is_export:
-        raise click.UsageError("--variants compares the files beside an export's model.onnx; pass that file")
-    if wanted is None and (not is_export or len(find_variants(onnx_model.parent)) < 2):
-        return
-    res = profile_variants(onnx_model.parent, profile_cfg, out=out)
-    click.echo(res["markdown"])
-    click.echo(f"variants: {Path(out) / 'profile' / 'variants.json'}")
+    parent = Path(onnx_model).resolve().parent
+    run = parent.parent if parent.name == "export" else None
+    cfg = resolve_config(run, config_path, preset, {"profile": opts}, "profile")
+    res = run_profile(cfg, onnx_model, out, checkpoint=checkpoint, variants=compare_variants, overwrite=overwrite)
+    click.echo(render_markdown(res.report))
+    if res.variants is not None:
+        click.echo(res.variants["markdown"])
+        click.echo(f"variants: {res.out / 'profile' / 'variants.json'}")
+    click.echo(f"report: {res.out / 'profile' / 'latency.json'}")
 
 
 # ----------------------------------------------------------------- pipeline
@@ -482,15 +434,17 @@ def pipeline(dataset, out, search_epochs, train_epochs, seed, kernel, threads, f
       nasdeploy pipeline --out runs/demo
     """
     from .stages import pipeline as run_pipeline
+    from .stages import resolve_config
 
-    if preset is None and config_path is None:
-        preset = "quick"
+    if preset is None and config_path is None and (overwrite or not (Path(out) / "config.toml").is_file()):
+        preset = "quick"  # a new run; an existing one continues with its own config.toml
     overrides = {
         "data": {"dataset": dataset},
         "search": {"epochs": search_epochs, "seed": seed, "kernel": kernel, "threads": threads},
         "train": {"epochs": train_epochs, "seed": seed, "threads": threads},
     }
-    cfg = _load(config_path, preset, overrides)
+    continuing = preset is None and config_path is None and not overwrite
+    cfg = resolve_config(out if continuing else None, config_path, preset, overrides)
     t0 = time.perf_counter()
     res = run_pipeline(cfg, out, progress=not quiet, resume=not fresh, overwrite=overwrite,
                        echo=lambda s: click.echo(s, err=True))

@@ -27,6 +27,7 @@ class DataConfig:
     split_seed: int = 0  # seed of the train/val/test split (fixed per dataset, not per run)
     val_fraction: float = 0.1
     test_fraction: float = 0.2  # ignored where the source ships a test split
+    max_train: int | None = None  # cap the training split (a stratified draw) for quick runs on big sets
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class SearchConfig:
     seed: int = 2
     device: str = "cpu"
     kernel: str = "auto"  # auto | fused | reference
+    # Fused kernel only: how the conv candidates run. native: torch's (oneDNN) convs, channels_last;
+    # kernel: the hand-written C++ convs of csrc/ (least memory, slower backward). See docs/kernel.md.
+    conv_path: str = "native"
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     latency_target: float | None = None  # ms; None: no latency term
     latency_weight: float = 0.1
@@ -122,6 +126,9 @@ class ExportConfig:
     # deploy/triton.py: the Triton model repository written by `export --triton-repo`
     max_batch_size: int = 64  # Triton max_batch_size; requests are batched up to it
     triton_gpu: bool = False  # instance_group KIND_GPU instead of KIND_CPU
+    triton_repo: str | None = None  # also write a Triton model repository here (None: none)
+    model_name: str = "nasdeploy"  # the Triton model's name: triton_repo/<model_name>/config.pbtxt
+    triton_variant: str = "fp32"  # which built variant Triton serves
 
 
 @dataclass(frozen=True)
@@ -233,6 +240,7 @@ def validate(obj) -> None:
         need(obj.strategy in ("darts", "random", "evolution", "rl"), "strategy", "unknown strategy",
              "use darts, random, evolution or rl")
         need(obj.kernel in ("auto", "fused", "reference"), "kernel", "unknown kernel", "use auto, fused or reference")
+        need(obj.conv_path in ("native", "kernel"), "conv_path", "unknown conv path", "use native or kernel")
         unknown = [p for p in obj.primitives if p not in PRIMITIVES]
         need(not unknown, "primitives", f"unknown op {unknown[0] if unknown else ''!r}", f"choose from {PRIMITIVES}")
         need(len(set(obj.primitives)) == len(obj.primitives) and len([p for p in obj.primitives if p != "none"]) >= 1,
@@ -278,9 +286,14 @@ def validate(obj) -> None:
         bad = [v for v in obj.variants if v not in EXPORT_VARIANTS]
         need(not bad, "variants", f"unknown variant {bad[0] if bad else ''!r}",
              f"choose from {', '.join(EXPORT_VARIANTS)}")
+        need(obj.triton_variant in ("fp32", *obj.variants), "triton_variant", "is not built",
+             f"add {obj.triton_variant} to variants (--variants), or serve one of {', '.join(obj.variants)}")
+        need(bool(obj.model_name) and "/" not in obj.model_name, "model_name", "must be a plain folder name",
+             "e.g. --model-name nasdeploy")
     elif isinstance(obj, DataConfig):
         need(0 < obj.val_fraction < 1, "val_fraction", "must lie in (0, 1)", "e.g. 0.1")
         need(0 <= obj.test_fraction < 1, "test_fraction", "must lie in [0, 1)", "e.g. 0.2")
+        need(obj.max_train is None or obj.max_train > 0, "max_train", "must be positive", "or omit it for all images")
 
 
 def from_dict(obj: dict, source: str = "config") -> RunConfig:
@@ -315,9 +328,9 @@ def merge(cfg: RunConfig, overrides: dict[str, dict[str, Any]]) -> RunConfig:
 
 
 def load_config(path: str | Path | None = None, preset: str | None = None,
-                overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
-    """Defaults ← preset ← file ← overrides (flags)."""
-    cfg = apply_preset(RunConfig(), preset)
+                overrides: dict[str, dict[str, Any]] | None = None, base: RunConfig | None = None) -> RunConfig:
+    """Defaults (or ``base``, e.g. a run's saved config) ← preset ← file ← overrides (flags)."""
+    cfg = apply_preset(base or RunConfig(), preset)
     if path is not None:
         p = Path(path)
         if not p.is_file():

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .artifacts import RunDir, append_jsonl, ensure_dir, load_checkpoint, read_jsonl, save_checkpoint, write_jsonl
+from .checkpoint import load_network, model_payload, resume_checkpoint  # noqa: F401  (load_network: re-exported)
 from .config import TrainConfig
 from .data import Dataset, DataSpec, batches, shard
 from .distributed import (
@@ -46,7 +47,7 @@ from .distributed import (
     interruptible,
     sync_batchnorm,
 )
-from .errors import CheckpointError, ConfigError, DataError, GenotypeError
+from .errors import ConfigError, DataError
 from .space.genotype import Genotype
 from .space.network import Network, count_weights
 
@@ -111,43 +112,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss_sum / len(y), correct / len(y)
 
 
-def load_network(path: str | Path) -> tuple[Network, dict]:
-    """Rebuild the eval-mode Network from a ``model.pt`` alone.
-
-    Args:
-        path: a ``model``-kind checkpoint written by ``train`` (``model.pt`` or ``best.pt``).
-
-    Returns:
-        ``(network, payload)``: the network in eval mode on the CPU and the checkpoint dict.
-
-    Raises:
-        CheckpointError: missing, foreign or truncated file; a payload without
-            its genotype/network/state_dict; or weights that do not fit the
-            stored genotype and network configuration.
-    """
-    payload = load_checkpoint(path, "model")
-    missing = [k for k in ("genotype", "network", "state_dict", "data") if k not in payload]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}", "re-run `nasdeploy train`")
-    try:
-        genotype = Genotype.from_dict(payload["genotype"], source=f"{path} genotype")
-    except GenotypeError as e:
-        raise CheckpointError(f"{path}: stored genotype is invalid ({e.problem})", "re-run `nasdeploy train`") from None
-    try:
-        net = Network(genotype, **payload["network"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: stored network config is invalid ({e})", "re-run `nasdeploy train`") from None
-    try:
-        net.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())[:200]
-        raise CheckpointError(
-            f"{path}: state_dict does not match the genotype/network in the checkpoint ({detail})",
-            "the file was edited or mixed from two runs; re-run `nasdeploy train`",
-        ) from None
-    return net.eval(), payload
-
-
 def _device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
@@ -156,17 +120,6 @@ def _device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device = {name!r}: CUDA is not available here", "use --device cpu")
     return dev
-
-
-def _model_payload(model: Network, state_dict: dict, spec: DataSpec, cfg: TrainConfig, metrics: dict) -> dict:
-    return {
-        "genotype": model.genotype.to_dict(),
-        "network": model.config(),
-        "state_dict": state_dict,
-        "data": spec.to_dict(),
-        "metrics": metrics,
-        "train_config": dataclasses.asdict(cfg),
-    }
 
 
 def _cpu_state(model: nn.Module) -> dict:
@@ -375,7 +328,7 @@ def train(
             best_metrics = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch + 1, "epochs": cfg.epochs,
                             "n_params": n_params}
             if ctx.is_main:
-                save_checkpoint(run.best, _model_payload(model, _cpu_state(model), spec, cfg, best_metrics), "model")
+                save_checkpoint(run.best, model_payload(model, _cpu_state(model), spec, cfg, best_metrics), "model")
         payload = state_payload(epoch + 1)  # collective (per-rank RNG states): every rank builds it
         if ctx.is_main:
             append_jsonl(run.train_metrics, record)
@@ -403,33 +356,24 @@ def train(
         "n_params_with_aux": count_weights(model),
         "n_test": len(data.y_test),
     }
-    save_checkpoint(run.model, _model_payload(model, best["state_dict"], spec, cfg, metrics), "model")
+    save_checkpoint(run.model, model_payload(model, best["state_dict"], spec, cfg, metrics), "model")
     return TrainResult(run.model, run.best, test_acc, best_val_acc, cfg.epochs, time.perf_counter() - t_start, n_params)
 
 
 def _load_train_state(path: Path, model: Network, genotype: Genotype, cfg: TrainConfig, spec: DataSpec) -> dict:
     """``last.pt``, checked to belong to this genotype, network, data and recipe."""
-    if not path.exists():
-        raise CheckpointError(f"cannot resume: {path} does not exist", "train without --resume to start from scratch")
-    state = load_checkpoint(path, "train_state")
-    want = {
-        "genotype": genotype.to_dict(),
-        "network": model.config(),
-        "data": spec.to_dict(),
-    }
-    for key, value in want.items():
-        if state.get(key) != value:
-            raise CheckpointError(
-                f"cannot resume from {path}: its {key} differs from this run's",
-                "resume with the same genotype, network settings and dataset, or start fresh",
-            )
-    saved = state.get("train_config", {})
+    want = {"genotype": genotype.to_dict(), "network": model.config(), "data": spec.to_dict()}
     now = dataclasses.asdict(cfg)
-    changed = [k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]]
-    if changed:
-        k = changed[0]
-        raise CheckpointError(
-            f"cannot resume from {path}: train.{k} was {saved.get(k)!r}, now {now[k]!r}",
-            "resume with the recipe of the interrupted run, or start fresh",
-        )
-    return state
+
+    def mismatch(state: dict) -> str | None:
+        for key, value in want.items():
+            if state.get(key) != value:
+                return f"its {key} differs from this run's"
+        saved = state.get("train_config", {})
+        changed = [k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]]
+        if changed:
+            k = changed[0]
+            return f"train.{k} was {saved.get(k)!r}, now {now[k]!r}"
+        return None
+
+    return resume_checkpoint(path, "train_state", True, mismatch, "training", epochs_done=lambda ck: int(ck["epoch"]))

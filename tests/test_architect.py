@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nasdeploy.strategies.architect import Architect
 from nasdeploy.space.search_network import SearchNetwork
+from nasdeploy.strategies.architect import Architect
 
 
 def _tiny_net():

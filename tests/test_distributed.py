@@ -177,3 +177,45 @@ def test_two_process_train_matches_one_process(worker, tmp_path):
             torch.testing.assert_close(s2[k], s1[k], rtol=1e-4, atol=1e-5, msg=k)
         else:
             assert torch.equal(s2[k], s1[k]), k
+
+
+def _launch_cli(args, world: int, timeout=400):
+    """``python -m nasdeploy.cli ARGS`` in ``world`` processes with torchrun's environment: (rc, stderr) each."""
+    port = _free_port()
+    procs = []
+    for rank in range(world):
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, "-m", "nasdeploy.cli", *map(str, args)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        return [(p.returncode, err) for p in procs for _, err in [p.communicate(timeout=timeout)]]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def test_two_process_pipeline_writes_one_run_from_rank_0(tmp_path):
+    out = tmp_path / "run"
+    res = _launch_cli(["pipeline", "--preset", "tiny", "--search-epochs", 1, "--train-epochs", 1, "--kernel",
+                       "reference", "--threads", 1, "--out", out, "--quiet"], world=2)
+    assert all(rc == 0 for rc, _ in res), res[0][1][-3000:] + res[1][1][-3000:]
+    run = RunDir(out)
+    for f in (run.genotype, run.model, run.onnx, run.latency_json, out / "summary.json"):
+        assert f.is_file(), f
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 <= summary["train"]["test_acc"] <= 1 and summary["latency"]["p50_ms"]["fp32"]["1"] > 0
+    assert not list(out.rglob(".*.tmp"))  # no half-written file of a second writer
+
+
+@pytest.mark.parametrize("strategy", ["random", "evolution", "rl"])
+def test_black_box_strategies_refuse_torchrun_with_one_line(tmp_path, strategy):
+    res = _launch_cli(["search", "--strategy", strategy, "--preset", "tiny", "--out", tmp_path / strategy,
+                       "--quiet"], world=2, timeout=120)
+    for rc, err in res:
+        assert rc == 1, err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert lines[-1].startswith("Error: ") and "runs in one process" in lines[-1] and "Traceback" not in err
+    assert not (tmp_path / strategy / "search").exists()

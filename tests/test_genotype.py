@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from nasdeploy.errors import GenotypeError
-from nasdeploy.space.genotype import GENOTYPES, Genotype, derive_genotype
+from nasdeploy.space.cell import derive_genotype
+from nasdeploy.space.genotype import GENOTYPES, Genotype
 from nasdeploy.space.primitives import PRIMITIVES
 
 P = list(PRIMITIVES)

@@ -22,7 +22,8 @@ from nasdeploy.latency.model import (
     straight_through,
 )
 from nasdeploy.latency.table import DeploySpec, LatencyTable, entry_key, random_genotype
-from nasdeploy.space.genotype import Genotype, derive_genotype
+from nasdeploy.space.cell import derive_genotype
+from nasdeploy.space.genotype import Genotype
 from nasdeploy.space.primitives import PRIMITIVES
 
 TINY = DeploySpec(C=4, layers=3, in_channels=1, H=8, W=8, num_classes=10, steps=2, multiplier=2)

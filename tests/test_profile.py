@@ -10,10 +10,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from nasdeploy.deploy.onnx_utils import graph_inputs, load_onnx
 from nasdeploy.deploy.profile import LatencyReport, ProfileConfig, op_breakdown, profile
 from nasdeploy.errors import ProfileError
 from nasdeploy.latency.measure import LatencyStats, machine_fingerprint, make_session, measure
+from nasdeploy.onnxio import graph_inputs, load_onnx
 
 FAST = dict(warmup=2, repeats=15, trace_runs=3)
 

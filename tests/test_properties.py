@@ -81,8 +81,8 @@ def test_corrupted_genotypes_raise_genotype_error_only(g, data):
                 container[data.draw(st.text(max_size=8))] = data.draw(json_values)
             else:
                 container.insert(key, data.draw(json_values))
-        except (KeyError, IndexError, TypeError):
-            continue  # an earlier corruption moved this spot
+        except (KeyError, IndexError, TypeError, AttributeError):
+            continue  # an earlier corruption moved this spot (or replaced its container by a scalar)
     try:
         parsed = Genotype.from_dict(d)
     except GenotypeError as e:

@@ -22,8 +22,8 @@ from nasdeploy.cli import main
 from nasdeploy.config import SearchConfig, TrainConfig
 from nasdeploy.data import num_batches
 from nasdeploy.distributed import Interrupted, StopFlag
-from nasdeploy.strategies.darts import search
 from nasdeploy.space.genotype import GENOTYPES
+from nasdeploy.strategies.darts import search
 from nasdeploy.training import train
 
 SEARCH_ARGS = ["search", "--preset", "tiny", "--kernel", "reference", "--epochs", "3", "--batch-size", "16",

@@ -7,8 +7,8 @@ import torch
 
 from nasdeploy.artifacts import RunDir, load_checkpoint, read_jsonl
 from nasdeploy.config import SearchConfig
-from nasdeploy.strategies.darts import search
 from nasdeploy.space.genotype import Genotype
+from nasdeploy.strategies.darts import search
 
 TINY = SearchConfig(epochs=4, batch_size=64, C=4, layers=3, steps=2, multiplier=2, w_lr=0.05, a_lr=3e-3,
                     kernel="reference", seed=3)

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from nasdeploy.space.cell import edge_inputs, num_edges, reduction_layers
 from nasdeploy.space.primitives import OPS, PRIMITIVES
-from nasdeploy.space.search_network import SearchNetwork, edge_inputs, num_edges, reduction_layers
+from nasdeploy.space.search_network import SearchNetwork
 
 
 @pytest.mark.parametrize("name", sorted(OPS))

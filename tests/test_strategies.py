@@ -10,12 +10,14 @@ import torch
 from nasdeploy.artifacts import RunDir, load_checkpoint, read_json, read_jsonl
 from nasdeploy.config import SearchConfig
 from nasdeploy.errors import ConfigError
+from nasdeploy.space.cell import derive_genotype
+from nasdeploy.space.genotype import Genotype
+from nasdeploy.space.primitives import PRIMITIVES
 from nasdeploy.strategies.darts import CollapseWarning, derive, limit_skips
+from nasdeploy.strategies.dispatch import run_strategy
 from nasdeploy.strategies.evolution import AgingEvolution, mutate
 from nasdeploy.strategies.reinforce import Controller, Reinforce, decode
-from nasdeploy.strategies.strategy import SharedSupernet, candidate_ops, node_offset, run_strategy, sample_genotype
-from nasdeploy.space.genotype import Genotype, derive_genotype
-from nasdeploy.space.primitives import PRIMITIVES
+from nasdeploy.strategies.strategy import SharedSupernet, candidate_ops, node_offset, sample_genotype
 
 TINY = SearchConfig(epochs=2, batch_size=64, C=4, layers=3, steps=2, multiplier=2, w_lr=0.05, a_lr=3e-3,
                     candidates=6, population=3, sample_size=2, controller_lr=0.1, baseline_decay=0.5,

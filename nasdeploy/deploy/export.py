@@ -12,12 +12,8 @@ sample alone vs inside a batch); dynamic batch sizes 1, 7 and 64 in ORT.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,19 +21,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
 from ..artifacts import atomic_path, ensure_dir, write_json
+from ..checkpoint import load_network
 from ..config import ExportConfig
-from ..data import Dataset, DataSpec, load_dataset
+from ..data import SPLIT_KEYS, Dataset, DataSpec
 from ..errors import CheckpointError, ExportError, ProfileError
+from ..onnxio import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    Logits,
+    file_sha256,
+    first_line,
+    graph_inputs,
+    graph_outputs,
+    load_onnx,
+    metadata,
+    torch_export,
+)
 from ..space.network import count_weights
-from ..training import load_network
-from .onnx_utils import file_sha256, graph_inputs, graph_outputs, load_onnx, metadata
+from ..version import __version__
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 DYNAMIC_BATCHES = (1, 7, 64)
-MAX_BATCH = 4096
 # Parity is checked at the optimization level a deployment runs (fused ops included).
 PARITY_OPT_LEVEL = "all"
 NORMALIZATION = (
@@ -66,17 +70,6 @@ class ExportReport:
     @property
     def max_abs_diff(self) -> float:
         return max(p["max_abs_diff"] for p in self.parity)
-
-
-class _Logits(nn.Module):
-    """The served graph: exactly one tensor out (a ``(logits, None)`` tuple would lose an output)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 def default_out(checkpoint: str | Path) -> Path:
@@ -125,11 +118,11 @@ def export(
         ) from None
     out_dir = ensure_dir(default_out(checkpoint) if out is None else out)
     onnx_path, report_path = out_dir / "model.onnx", out_dir / "export.json"
-    wrapper = _Logits(net).eval()
+    wrapper = Logits(net).eval()
     x_parity, parity_source = _parity_images(spec, data, max(cfg.parity_batch, *DYNAMIC_BATCHES))
 
     with atomic_path(onnx_path) as tmp:
-        exporter, dynamo_error = _torch_export(wrapper, x_parity[:2], tmp, cfg.opset)
+        exporter, dynamo_error = torch_export(wrapper, x_parity[:2], tmp, cfg.opset)
         model = _add_metadata(tmp, payload, spec)
         checker_ok = _check(model)
         sess = _session(tmp)
@@ -195,8 +188,8 @@ def export(
 
 def _parity_images(spec: DataSpec, data: Dataset | None, n: int) -> tuple[torch.Tensor, str]:
     """At least ``n`` images of the model's input shape, and where they came from."""
-    if data is None and (spec.name == "digits" or Path(spec.name).exists()):
-        data = load_dataset(spec.name)
+    if data is None and spec.available():
+        data = spec.load()  # the split the model was trained on (split_seed and fractions from model.pt)
     if data is not None:
         x = data.x_test if len(data.x_test) else data.x_val
         if tuple(x.shape[1:]) != tuple(spec.input_shape):
@@ -210,42 +203,6 @@ def _parity_images(spec: DataSpec, data: Dataset | None, n: int) -> tuple[torch.
         return x[:n].float().contiguous(), source
     g = torch.Generator().manual_seed(0)
     return torch.randn(n, *spec.input_shape, generator=g), f"random normal (dataset {spec.name!r} not available)"
-
-
-def _torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path, opset: int) -> tuple[str, str | None]:
-    """Export with the dynamo exporter; fall back to TorchScript only if it fails. Returns (exporter, dynamo error)."""
-    common = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
-    try:
-        with _quiet():
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                str(path),
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}},
-                **common,
-            )
-        return "dynamo", None
-    except Exception as e:  # the dynamo exporter raises many types
-        dynamo_error = _first_line(e)
-    try:
-        with _quiet():
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                str(path),
-                dynamo=False,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                **common,
-            )
-    except Exception as e:
-        raise ExportError(
-            f"ONNX export failed (dynamo: {dynamo_error}; torchscript: {_first_line(e)})",
-            "report the failing op; try another --opset",
-        ) from None
-    return "torchscript", dynamo_error
 
 
 def _add_metadata(path: Path, payload: dict, spec: DataSpec):
@@ -268,6 +225,7 @@ def _add_metadata(path: Path, payload: dict, spec: DataSpec):
         "std": json.dumps(list(spec.std)),
         "normalization": NORMALIZATION,
         "dataset": spec.name,
+        "data_split": json.dumps({k: getattr(spec, k) for k in SPLIT_KEYS}),
         "network": json.dumps(payload["network"]),
         "nasdeploy_version": __version__,
     }
@@ -306,7 +264,7 @@ def _check(model) -> bool:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:  # ValidationError, InferenceError
         raise ExportError(
-            f"onnx.checker rejected the exported model: {_first_line(e)}", "report the failing op; try another --opset"
+            f"onnx.checker rejected the exported model: {first_line(e)}", "report the failing op; try another --opset"
         ) from None
     return True
 
@@ -367,25 +325,6 @@ def _verify(wrapper: nn.Module, sess, x: torch.Tensor, spec: DataSpec, cfg: Expo
             )
         shapes[str(b)] = list(got.shape)
     return parity, independence, {"batches": list(DYNAMIC_BATCHES), "output_shapes": shapes, "ok": True}
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the exporters' progress prints and warnings (failures still raise)."""
-    buf = io.StringIO()
-    prev = logging.getLogger("torch.onnx").level
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.getLogger("torch.onnx").setLevel(prev)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
 __all__ = ["ExportReport", "export", "default_out"]

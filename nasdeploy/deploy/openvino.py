@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError
-from .onnx_utils import graph_inputs, graph_outputs, load_onnx
+from ..onnxio import graph_inputs, graph_outputs, load_onnx
 
 PRECISIONS = ("f32", "bf16", "f16")
 

@@ -25,7 +25,7 @@ from ..artifacts import RunDir, atomic_write, ensure_dir, write_json
 from ..config import ProfileConfig
 from ..errors import ProfileError
 from ..latency.measure import OPT_LEVELS, LatencyStats, machine_fingerprint, make_session, measure
-from .onnx_utils import file_sha256, graph_inputs, graph_outputs, load_onnx, random_feeds
+from ..onnxio import file_sha256, graph_inputs, graph_outputs, load_onnx, random_feeds
 
 REPORT_FORMAT = "nasdeploy.latency/1"
 

@@ -23,9 +23,7 @@ Figures go into ``export.json`` under ``variants``.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
+import json
 import os
 import tempfile
 import time
@@ -36,9 +34,9 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from ..artifacts import atomic_path, atomic_write, read_json, write_json
 from ..config import EXPORT_VARIANTS, ExportConfig, ProfileConfig
-from ..data import Dataset, load_dataset
+from ..data import Dataset, load_dataset, source_available
 from ..errors import ExportError, ProfileError
-from .onnx_utils import file_sha256, graph_inputs, graph_outputs, load_onnx, metadata, random_feeds
+from ..onnxio import file_sha256, first_line, graph_inputs, graph_outputs, load_onnx, metadata, quiet, random_feeds
 
 VARIANTS = EXPORT_VARIANTS
 FILES = {
@@ -68,7 +66,7 @@ def optimize_basic(onnx_path: str | Path, out_path: str | Path) -> Path:
             ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises Fail/InvalidGraph/...
             raise ExportError(
-                f"onnxruntime cannot optimize {onnx_path}: {_first_line(e)}", "re-export the model"
+                f"onnxruntime cannot optimize {onnx_path}: {first_line(e)}", "re-export the model"
             ) from None
         model = load_onnx(tmp, ExportError)
         foreign = non_standard_ops(model)
@@ -120,7 +118,7 @@ def quantize_int8(
         )
     name = graph_inputs(load_onnx(onnx_path, ExportError))[0].name
 
-    with tempfile.TemporaryDirectory(prefix="nasdeploy-int8-") as td, atomic_path(out_path) as tmp, _quiet():
+    with tempfile.TemporaryDirectory(prefix="nasdeploy-int8-") as td, atomic_path(out_path) as tmp, quiet():
         pre = Path(td) / "pre.onnx"
         try:
             quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
@@ -136,7 +134,7 @@ def quantize_int8(
             )
         except Exception as e:  # ORT's quantizer raises ValueError/RuntimeError/onnx errors
             raise ExportError(
-                f"INT8 quantization of {onnx_path} failed: {_first_line(e)}",
+                f"INT8 quantization of {onnx_path} failed: {first_line(e)}",
                 "report the failing op; the fp32 and fp16 variants are unaffected",
             ) from None
         _save_with_metadata(load_onnx(tmp, ExportError), tmp, onnx_path, "int8")
@@ -148,7 +146,7 @@ def convert_fp16(onnx_path: str | Path, out_path: str | Path) -> Path:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = load_onnx(onnx_path, ExportError)
-    with _quiet():
+    with quiet():
         half = convert_float_to_float16(model, keep_io_types=True)
     with atomic_path(out_path) as tmp:
         _save_with_metadata(half, tmp, onnx_path, "fp16")
@@ -277,11 +275,14 @@ def build_variants(
 
 
 def _dataset_of(model, src: Path) -> Dataset | None:
-    """The dataset named in the model's metadata, when it is ``digits`` or an existing path."""
-    name = metadata(model).get("dataset")
-    if name and (name == "digits" or Path(name).exists()):
-        return load_dataset(name)
-    return None
+    """The split named in the model's metadata (dataset + ``data_split``), where its source is here."""
+    md = metadata(model)
+    name = md.get("dataset")
+    if not name or not source_available(name):
+        return None
+    split = json.loads(md.get("data_split", "{}"))
+    return load_dataset(name, seed=split.get("split_seed", 0), val_fraction=split.get("val_fraction", 0.1),
+                        test_fraction=split.get("test_fraction", 0.2), max_train=split.get("max_train"))
 
 
 def _calibration_images(data: Dataset, n: int) -> np.ndarray:
@@ -428,24 +429,6 @@ def render_variants_markdown(result: dict) -> str:
         cells = [f"{row[v]['p50_ms']:.3f} ({row[v]['ratio_to_fp32']:.2f}x)" for v in names]
         lines.append(f"| {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-@contextlib.contextmanager
-def _quiet():
-    """ORT's quantization and float16 tools log per-node progress; keep failures only."""
-    logger = logging.getLogger()
-    prev = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(prev)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
 __all__ = [

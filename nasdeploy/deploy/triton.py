@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..artifacts import atomic_write, ensure_dir
 from ..errors import ExportError
-from .onnx_utils import TensorSpec, file_sha256, graph_inputs, graph_outputs, load_onnx, metadata
+from ..onnxio import TensorSpec, file_sha256, graph_inputs, graph_outputs, load_onnx, metadata
 
 PLATFORM = "onnxruntime_onnx"
 VERSION = "1"

@@ -5,9 +5,10 @@ Pure functions over a :class:`LatencyCosts` (per-edge cost tensors that
 The search reads latency only through this module and never calls ONNX
 Runtime itself.
 
-The model mirrors ``derive_genotype`` (DARTS sec. 2.4): per edge the kept op
-is the strongest non-``none`` op, and per intermediate node the two inputs
-whose strongest non-``none`` weight is largest are kept.
+The model follows the derivation rule of ``space.cell.select_inputs`` (DARTS
+sec. 2.4): per edge the kept op is the strongest non-``none`` op, and per
+intermediate node the two inputs whose strongest non-``none`` weight is
+largest are kept; :func:`derived_latency` calls that very function.
 
 - op choice: ``q = softmax(alpha[non-none] / tau)`` — ``none`` is never
   deployed, so its weight is left out and the rest renormalized;
@@ -34,7 +35,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import LatencyTargetError
-from ..space.search_network import edge_inputs
+from ..space.cell import alpha_rows, derivation_weights, edge_index, node_edges, num_edges, select_inputs
+from ..space.primitives import candidate_ops
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,9 @@ class LatencyCosts:
 
 
 def _nonnone(primitives: Sequence[str]) -> list[int]:
-    return [i for i, p in enumerate(primitives) if p != "none"]
+    """Columns of the ops a derived cell may use."""
+    ops = candidate_ops(primitives)
+    return [i for i, p in enumerate(primitives) if p in ops]
 
 
 def _cell_expected(alpha: torch.Tensor, cost: torch.Tensor, keep: list[int], steps: int, tau: float) -> torch.Tensor:
@@ -65,19 +69,16 @@ def _cell_expected(alpha: torch.Tensor, cost: torch.Tensor, keep: list[int], ste
     per_edge = (q * cost[:, keep].to(q.dtype)).sum(-1)
     strength = w[:, keep].max(dim=-1).values
     total = per_edge.new_zeros(())
-    start = 0
     for i in range(steps):
-        n = 2 + i
-        s = strength[start : start + n]
+        s = strength[node_edges(i)]
         p = s / s.sum().clamp_min(tiny)
-        if n == 2:
+        if len(p) == 2:
             incl = torch.ones_like(p)
         else:
             # Plackett–Luce: j first, or some k first and then j among the rest.
             ratio = p / (1 - p).clamp_min(tiny)
             incl = p + p * (ratio.sum() - ratio)
-        total = total + (incl * per_edge[start : start + n]).sum()
-        start += n
+        total = total + (incl * per_edge[node_edges(i)]).sum()
     return total
 
 
@@ -98,7 +99,7 @@ def expected_latency(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, c
         >>> expected_latency(net.alphas_normal, net.alphas_reduce, costs).backward()  # doctest: +SKIP
     """
     keep = _nonnone(costs.primitives)
-    rows = len(edge_inputs(costs.steps))
+    rows = num_edges(costs.steps)
     for name, a in (("alphas_normal", alphas_normal), ("alphas_reduce", alphas_reduce)):
         if tuple(a.shape) != (rows, len(costs.primitives)):
             want = (rows, len(costs.primitives))
@@ -108,17 +109,11 @@ def expected_latency(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, c
 
 
 def _cell_derived(alpha: torch.Tensor, cost: torch.Tensor, primitives: Sequence[str], steps: int) -> float:
-    # Same rule and tie-breaking as space.genotype._parse_cell.
-    w = torch.softmax(alpha.detach().float(), dim=-1).clone()
-    if "none" in primitives:
-        w[:, list(primitives).index("none")] = float("-inf")
-    best_val, best_op = w.max(dim=1)
-    total, start = 0.0, 0
-    for i in range(steps):
-        n = 2 + i
-        order = sorted(range(n), key=lambda j: (-float(best_val[start + j]), j))[:2]
-        total += sum(float(cost[start + j, int(best_op[start + j])]) for j in order)
-        start += n
+    # The edges derivation keeps (the deployed ones), by the derivation's own function.
+    col = {p: c for c, p in enumerate(primitives)}
+    total = 0.0
+    for i, kept in enumerate(select_inputs(derivation_weights(alpha), primitives, steps)):
+        total += sum(float(cost[edge_index(i, j), col[op]]) for op, j in kept)
     return total
 
 
@@ -133,11 +128,8 @@ def genotype_latency(genotype, costs: LatencyCosts) -> float:
     col = {p: i for i, p in enumerate(costs.primitives)}
     total = costs.base_ms
     for edges, cost in ((genotype.normal, costs.normal), (genotype.reduce, costs.reduce)):
-        start = 0
-        for i in range(costs.steps):
-            for op, j in edges[2 * i : 2 * i + 2]:
-                total += float(cost[start + j, col[op]])
-            start += 2 + i
+        for r, (op, _) in zip(alpha_rows(edges), edges):
+            total += float(cost[r, col[op]])
     return total
 
 
@@ -165,13 +157,11 @@ def penalty(pred: torch.Tensor, target: float, weight: float) -> torch.Tensor:
 
 def _cell_extreme(cost: torch.Tensor, keep: list[int], steps: int, largest: bool) -> float:
     # Per node: the best (or worst) op per input, then the best two distinct inputs.
-    total, start = 0.0, 0
+    total = 0.0
     for i in range(steps):
-        n = 2 + i
-        sub = cost[start : start + n][:, keep]
+        sub = cost[node_edges(i)][:, keep]
         per_input = sub.max(dim=1).values if largest else sub.min(dim=1).values
         total += float(per_input.sort(descending=largest).values[:2].sum())
-        start += n
     return total
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,9 +40,11 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ProfileError
+from ..onnxio import exported
+from ..space.cell import concat_nodes, edge_inputs, edge_stride, random_genotype, reduction_layers
 from ..space.genotype import Genotype
+from ..space.network import stem_for
 from ..space.primitives import PRIMITIVES, Identity
-from ..space.search_network import edge_inputs, reduction_layers
 from .measure import LatencyStats, machine_fingerprint, make_session, measure
 
 TABLE_FORMAT = "nasdeploy.latency_table/1"
@@ -88,8 +89,6 @@ class DeploySpec:
     @classmethod
     def from_configs(cls, search_cfg, train_cfg, input_shape: Sequence[int], num_classes: int) -> DeploySpec:
         """The served network: ``train_cfg``'s C/layers/stem, ``search_cfg``'s cell shape and latency batch."""
-        from ..training import stem_for
-
         c, h, w = (int(v) for v in input_shape)
         return cls(
             C=train_cfg.C, layers=train_cfg.layers, in_channels=c, H=h, W=w, num_classes=num_classes,
@@ -121,20 +120,8 @@ class DeploySpec:
 
     def edge_classes(self, reduction: bool) -> list[list[tuple[int, int, int, int]]]:
         """For each edge of a cell type (alpha-row order), the ``(C, H, W, stride)`` of every cell it occurs in."""
-        out = []
-        for _, j in edge_inputs(self.steps):
-            per_cell = []
-            for red, c, h, w in self.cells():
-                if red != reduction:
-                    continue
-                if red and j < 2:
-                    per_cell.append((c, h, w, 2))
-                elif red:  # intermediate nodes of a reduction cell are already reduced
-                    per_cell.append((c, (h + 1) // 2, (w + 1) // 2, 1))
-                else:
-                    per_cell.append((c, h, w, 1))
-            out.append(per_cell)
-        return out
+        return [[edge_class(red, c, h, w, j) for red, c, h, w in self.cells() if red == reduction]
+                for _, j in edge_inputs(self.steps)]
 
     def shape_classes(self) -> list[tuple[int, int, int, int]]:
         """Every distinct ``(C, H, W, stride)`` an edge of this network has."""
@@ -145,6 +132,14 @@ class DeploySpec:
                     if k not in seen:
                         seen.append(k)
         return seen
+
+
+def edge_class(reduction: bool, C: int, H: int, W: int, j: int) -> tuple[int, int, int, int]:
+    """``(C, H, W, stride)`` of the edge from node ``j`` in a cell of ``C`` channels whose inputs are H x W."""
+    stride = edge_stride(reduction, j)
+    if reduction and stride == 1:  # intermediate nodes of a reduction cell are already reduced
+        H, W = (H + 1) // 2, (W + 1) // 2
+    return C, H, W, stride
 
 
 def entry_key(op: str, C: int, H: int, W: int, stride: int, batch: int) -> str:
@@ -183,7 +178,7 @@ def _all_input_inputs(steps: int) -> list[int]:
 
 def _genotype(op: str, inputs: list[int], steps: int, multiplier: int) -> Genotype:
     edges = tuple((op, j) for j in inputs)
-    concat = tuple(range(2 + steps - multiplier, 2 + steps))
+    concat = concat_nodes(steps, multiplier)
     return Genotype(edges, concat, edges, concat)
 
 
@@ -209,12 +204,11 @@ def skeleton_network(spec: DeploySpec, inputs: list[int] | None = None, op: str 
     n = 0
     for (red, c, h, w), cell in zip(spec.cells(), net.cells):
         for k, j in enumerate(cell.indices):
-            stride = 2 if red and j < 2 else 1
-            hh, ww = (h, w) if not (red and j >= 2) else ((h + 1) // 2, (w + 1) // 2)
-            if klass == (c, hh, ww, stride):
+            edge = edge_class(red, c, h, w, j)
+            if klass == edge:
                 n += 1
             else:
-                cell.ops[k] = Identity() if stride == 1 else _StrideSlice()
+                cell.ops[k] = Identity() if edge[3] == 1 else _StrideSlice()
     return net.eval(), n
 
 
@@ -223,34 +217,13 @@ def ort_timer(threads: int = 1, opt_level: str = "all", provider: str = "CPUExec
     """Export a module as ``deploy.export`` does (dynamo, one file) and time it with ``latency.measure``."""
 
     def run(net: nn.Module, spec: DeploySpec) -> LatencyStats:
-        from ..deploy.export import _Logits, _torch_export
-
         x = torch.randn(spec.batch, spec.in_channels, spec.H, spec.W, generator=torch.Generator().manual_seed(0))
-        with tempfile.TemporaryDirectory(prefix="nasdeploy-lut-") as d:
-            path = Path(d) / "piece.onnx"
-            with torch.no_grad():
-                _torch_export(_Logits(net).eval(), x, path, 20)
+        with exported(net, x, "nasdeploy-lut-") as path:
             sess = make_session(path, provider, threads, opt_level)
             name = sess.get_inputs()[0].name
             return measure(sess, {name: x.numpy()}, warmup=warmup, repeats=repeats, min_time_s=min_time_s)
 
     return run
-
-
-def random_genotype(rng: random.Random, steps: int = 4, multiplier: int = 4,
-                    primitives: Sequence[str] = PRIMITIVES) -> Genotype:
-    """A uniformly random derivable genotype: per node 2 distinct inputs, each with a non-``none`` op."""
-    ops = [p for p in primitives if p != "none"]
-
-    def cell():
-        edges = []
-        for i in range(steps):
-            for j in sorted(rng.sample(range(2 + i), 2)):
-                edges.append((rng.choice(ops), j))
-        return tuple(edges)
-
-    concat = tuple(range(2 + steps - multiplier, 2 + steps))
-    return Genotype(cell(), concat, cell(), concat)
 
 
 # ------------------------------------------------------------------ the table
@@ -371,10 +344,14 @@ class LatencyTable:
         s_min = timer(skeleton_network(spec, ins_min)[0], spec)
         s_max = timer(skeleton_network(spec, ins_max)[0], spec)
         n_red = sum(r for r, *_ in spec.cells())
-        d = n_red * (sum(j < 2 for j in ins_max) - sum(j < 2 for j in ins_min))
+
+        def strided(inputs: list[int]) -> int:  # stride-2 edges of one reduction cell
+            return sum(edge_stride(True, j) == 2 for j in inputs)
+
+        d = n_red * (strided(ins_max) - strided(ins_min))
         # Both skeletons differ only in how many stride-2 edges are Slices; clamp noise at 0.
         slice_ms = max(0.0, (s_max.p50_ms - s_min.p50_ms) / d) if d else 0.0
-        n_slices = n_red * sum(j < 2 for j in ins_min)
+        n_slices = n_red * strided(ins_min)
         self.fixed[spec.key()] = {
             "ms": s_min.p50_ms - n_slices * slice_ms, "skeleton_ms": s_min.p50_ms, "slice_ms": slice_ms,
             "stats": s_min.to_dict(), "stats_all_inputs": s_max.to_dict(), "spec": asdict(spec)}

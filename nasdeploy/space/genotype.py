@@ -1,4 +1,4 @@
-"""Genotypes: the discrete architecture as JSON data, its validation and derivation.
+"""Genotypes: the discrete architecture as JSON data and its validation (derivation: ``cell.py``).
 
 JSON contract (DESIGN.md): ``{"normal": [[op, input], ...], "normal_concat": [...],
 "reduce": [...], "reduce_concat": [...]}`` with two entries per intermediate
@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import GenotypeError
-from .primitives import OPS, PRIMITIVES
+from .primitives import OPS, candidate_ops
 
 Edge = tuple[str, int]
 KEYS = ("normal", "normal_concat", "reduce", "reduce_concat")
-# "none" is a search-only candidate: a derived architecture never contains it.
-FINAL_OPS = tuple(name for name in OPS if name != "none")
+# The ops a derived architecture may contain ("none" is a search-only candidate).
+FINAL_OPS = candidate_ops(OPS)
 
 
 @dataclass(frozen=True)
@@ -139,40 +136,6 @@ def _validate(obj: Any, source: str) -> Genotype:
             raise fail(f"$.{kind}", "repeated node index", "list each node once")
         concats[kind] = tuple(c)
     return Genotype(cells["normal"], concats["normal_concat"], cells["reduce"], concats["reduce_concat"])
-
-
-def _parse_cell(weights: torch.Tensor, primitives: Sequence[str], steps: int) -> tuple[Edge, ...]:
-    """Per intermediate node keep the 2 inputs whose strongest non-``none`` op is largest."""
-    none = primitives.index("none") if "none" in primitives else None
-    masked = weights.clone()
-    if none is not None:
-        masked[:, none] = float("-inf")
-    gene: list[Edge] = []
-    start = 0
-    for i in range(steps):
-        n = 2 + i
-        W = masked[start : start + n]
-        best_val, best_op = W.max(dim=1)
-        # Stable order: strongest first, ties broken by the lower input index.
-        order = sorted(range(n), key=lambda j: (-float(best_val[j]), j))[:2]
-        gene.extend((primitives[int(best_op[j])], j) for j in order)
-        start += n
-    return tuple(gene)
-
-
-def derive_genotype(
-    alphas_normal: torch.Tensor,
-    alphas_reduce: torch.Tensor,
-    primitives: Sequence[str] = PRIMITIVES,
-    steps: int = 4,
-    multiplier: int = 4,
-) -> Genotype:
-    """DARTS discretization of ``softmax(alpha)`` (Liu et al., 2019, sec. 2.4)."""
-    primitives = list(primitives)
-    wn = torch.softmax(alphas_normal.detach().float(), dim=-1)
-    wr = torch.softmax(alphas_reduce.detach().float(), dim=-1)
-    concat = tuple(range(2 + steps - multiplier, steps + 2))
-    return Genotype(_parse_cell(wn, primitives, steps), concat, _parse_cell(wr, primitives, steps), concat)
 
 
 def _g(normal, reduce) -> Genotype:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..ops.mixed_op import fused_mixed_op_forward, reference_mixed_op  # noqa: F401 (oracle, re-exported)
 from .primitives import OPS
 
 
@@ -39,12 +40,5 @@ class MixedOp(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.kernel == "fused":
-            from ..ops.mixed_op import fused_mixed_op_forward
-
             return fused_mixed_op_forward(self, x, weights)
         return reference_mixed_op(self.ops, x, weights)
-
-
-def reference_mixed_op(ops: Sequence[nn.Module], x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``sum_i weights[i] * ops[i](x)``: every candidate output is kept by autograd."""
-    return sum(w * op(x) for w, op in zip(weights, ops))

@@ -5,11 +5,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .cell import edge_stride, reduction_layers
 from .genotype import Genotype
 from .primitives import OPS, FactorizedReduce, Identity, ReLUConvBN
-from .search_network import reduction_layers
 
 STEMS = ("cifar", "imagenet")
+
+
+def stem_for(input_shape: tuple[int, ...], stem: str) -> str:
+    """Resolve ``"auto"``: the ImageNet stem (three stride-2 convs) for inputs of 128 px or more."""
+    if stem != "auto":
+        return stem
+    return "imagenet" if input_shape[1] >= 128 else "cifar"
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -39,7 +46,7 @@ class Cell(nn.Module):
         self.concat = tuple(concat)
         self.multiplier = len(concat)
         self.indices = tuple(j for _, j in edges)
-        self.ops = nn.ModuleList(OPS[name](C, 2 if reduction and j < 2 else 1, True) for name, j in edges)
+        self.ops = nn.ModuleList(OPS[name](C, edge_stride(reduction, j), True) for name, j in edges)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
@@ -202,3 +209,18 @@ def count_weights(module: nn.Module, exclude_prefix: str | None = None) -> int:
     return sum(
         p.numel() for n, p in module.named_parameters() if exclude_prefix is None or not n.startswith(exclude_prefix)
     )
+
+
+def count_mult_adds(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of one eval-mode forward of a single image (FlopCounterMode's FLOPs / 2: convs, linear)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = module.training
+    module.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            module(torch.zeros(1, *input_shape))
+    finally:
+        module.train(was_training)
+    return counter.get_total_flops() // 2

@@ -28,6 +28,11 @@ PRIMITIVES: tuple[str, ...] = (
 PARAMETER_FREE = frozenset({"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"})
 
 
+def candidate_ops(primitives) -> tuple[str, ...]:
+    """Ops a derived cell may use: the search candidates without ``none`` (a search-only candidate)."""
+    return tuple(p for p in primitives if p != "none")
+
+
 class ReLUConvBN(nn.Module):
     """ReLU -> conv -> BN: the cell preprocessing (1x1) in DARTS."""
 

@@ -8,24 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .genotype import Genotype, derive_genotype
+from .cell import derive_genotype, edge_inputs, edge_stride, node_offset, num_edges, reduction_layers
+from .genotype import Genotype
 from .mixed_op import MixedOp
 from .primitives import PRIMITIVES, FactorizedReduce, ReLUConvBN
-
-
-def num_edges(steps: int) -> int:
-    """Edges of a cell with ``steps`` intermediate nodes: node i has 2 + i inputs."""
-    return sum(2 + i for i in range(steps))
-
-
-def edge_inputs(steps: int) -> list[tuple[int, int]]:
-    """``(node, input)`` per edge in alpha-row order; nodes 0, 1 are the cell inputs."""
-    return [(2 + i, j) for i in range(steps) for j in range(2 + i)]
-
-
-def reduction_layers(layers: int) -> tuple[int, ...]:
-    """Cells at 1/3 and 2/3 of the depth are reduction cells (DARTS)."""
-    return tuple(sorted({layers // 3, 2 * layers // 3})) if layers >= 3 else ()
 
 
 class SearchCell(nn.Module):
@@ -42,15 +28,14 @@ class SearchCell(nn.Module):
             self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
         self.edges = nn.ModuleList(
-            MixedOp(C, 2 if reduction and j < 2 else 1, primitives, kernel) for _, j in edge_inputs(steps)
+            MixedOp(C, edge_stride(reduction, j), primitives, kernel) for _, j in edge_inputs(steps)
         )
 
     def forward(self, s0, s1, weights):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        offset = 0
-        for _ in range(self.steps):
+        for i in range(self.steps):
+            offset = node_offset(i)
             s = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
-            offset += len(states)
             states.append(s)
         return torch.cat(states[-self.multiplier :], dim=1)
 
@@ -84,7 +69,7 @@ class SearchNetwork(nn.Module):
         multiplier: int = 4,
         stem_multiplier: int = 3,
         primitives: Sequence[str] = PRIMITIVES,
-        kernel: str = "reference",
+        kernel: str = "auto",
     ):
         super().__init__()
         from ..ops import resolve_kernel

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..artifacts import RunDir, append_jsonl, ensure_dir, load_checkpoint, read_jsonl, save_checkpoint, write_jsonl
+from ..artifacts import RunDir, append_jsonl, ensure_dir, read_jsonl, save_checkpoint, write_jsonl
+from ..checkpoint import resume_checkpoint
 from ..config import SearchConfig, TrainConfig
 from ..data import Dataset, batches, num_batches
 from ..distributed import (
@@ -35,14 +36,15 @@ from ..distributed import (
     interruptible,
     sync_batchnorm,
 )
-from ..errors import CheckpointError, ConfigError
-from ..space.genotype import Genotype, _parse_cell, derive_genotype
+from ..errors import ConfigError
+from ..space.cell import limit_skips
+from ..space.genotype import Genotype
 from ..space.primitives import PARAMETER_FREE
 from ..space.search_network import SearchNetwork
 from .architect import Architect
 
 # Settings that may change on resume: they change neither the weights nor the alphas.
-RESUMABLE = ("epochs", "threads", "device", "kernel", "max_seconds", "candidates", "collapse_threshold",
+RESUMABLE = ("epochs", "threads", "device", "kernel", "conv_path", "max_seconds", "candidates", "collapse_threshold",
              "skip_limit")
 
 
@@ -86,25 +88,6 @@ def parameter_free_share(genotype: Genotype) -> float:
 
 class CollapseWarning(UserWarning):
     """The derived normal cell drifted toward parameter-free ops (the DARTS skip collapse)."""
-
-
-def limit_skips(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, primitives, steps: int, multiplier: int,
-                max_skips: int) -> Genotype:
-    """DARTS derivation with at most ``max_skips`` skip_connect edges in the normal cell (P-DARTS, Chen et al.
-    2019, sec. 3.3): while too many, zero the skip weight of the chosen skip edge with the smallest one and
-    re-derive, so that edge takes its next-best op (and the node may pick other inputs)."""
-    primitives = list(primitives)
-    g = derive_genotype(alphas_normal, alphas_reduce, primitives, steps, multiplier)
-    if "skip_connect" not in primitives:
-        return g
-    skip = primitives.index("skip_connect")
-    w = torch.softmax(alphas_normal.detach().float(), dim=-1)
-    offsets = [2 * i + i * (i - 1) // 2 for i in range(steps)]
-    while sum(op == "skip_connect" for op, _ in g.normal) > max_skips:
-        rows = [offsets[k // 2] + j for k, (op, j) in enumerate(g.normal) if op == "skip_connect"]
-        w[min(rows, key=lambda r: float(w[r, skip])), skip] = 0.0
-        g = Genotype(_parse_cell(w, primitives, steps), g.normal_concat, g.reduce, g.reduce_concat)
-    return g
 
 
 def derive(model: SearchNetwork, cfg: SearchConfig) -> Genotype:
@@ -212,13 +195,8 @@ def search(
         }
 
     start_epoch, skip, sums = 0, 0, [0.0, 0, 0, 0.0]
-    if resume and run.supernet.exists():
-        ck = load_checkpoint(run.supernet, "supernet")
-        if ck["config"] != _cfg_dict(cfg, ignore=RESUMABLE):
-            raise CheckpointError(
-                f"{run.supernet} was written with a different search configuration",
-                "resume with the same settings, or use a new --out directory",
-            )
+    ck = resume_checkpoint(run.supernet, "supernet", resume, lambda ck: supernet_mismatch(ck, cfg), "DARTS search")
+    if ck is not None:
         model.load_state_dict(ck["state_dict"])
         w_opt.load_state_dict(ck["w_optimizer"])
         architect.optimizer.load_state_dict(ck["a_optimizer"])
@@ -344,6 +322,18 @@ def search(
         genotype.save(run.genotype)
     return SearchResult(genotype, metrics, metrics[-1]["val_acc"] if metrics else float("nan"),
                         time.perf_counter() - t_start, run.root)
+
+
+def supernet_mismatch(ck: dict, cfg: SearchConfig) -> str | None:
+    """Why ``supernet.pt`` cannot continue the search ``cfg`` describes (None: it can)."""
+    if ck.get("strategy", "darts") != cfg.strategy:
+        return f"it was written by strategy {ck.get('strategy', 'darts')!r}, not {cfg.strategy!r}"
+    saved, now = ck["config"], _cfg_dict(cfg, ignore=RESUMABLE)
+    changed = [k for k in now if saved.get(k) != now[k]]
+    if changed:
+        return (f"it was written with a different search configuration "
+                f"(search.{changed[0]} = {saved.get(changed[0])!r} there, {now[changed[0]]!r} now)")
+    return None
 
 
 def _cycle(x, y, batch_size, generator, rank=0, world_size=1, drop_last=False):

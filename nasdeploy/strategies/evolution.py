@@ -15,8 +15,8 @@ import collections
 import torch
 
 from ..config import SearchConfig
+from ..space.cell import sample_genotype
 from ..space.genotype import Genotype
-from .strategy import sample_genotype
 
 
 def mutate(genotype: Genotype, ops, generator: torch.Generator) -> Genotype:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from ..config import SearchConfig
+from ..space.cell import sample_genotype
 from ..space.genotype import Genotype
-from .strategy import sample_genotype
 
 
 class RandomSearch:

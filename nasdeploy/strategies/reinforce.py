@@ -30,9 +30,9 @@ from torch import nn
 from ..artifacts import RunDir, append_jsonl, ensure_dir, read_jsonl
 from ..config import SearchConfig
 from ..data import Dataset
+from ..space.cell import concat_nodes, node_offset, num_edges
 from ..space.genotype import Genotype
-from ..space.search_network import num_edges
-from .strategy import Budget, SharedSupernet, node_offset, probe_paths, probe_record, save_supernet, score_candidates
+from .strategy import Budget, SharedSupernet, probe_paths, probe_record, save_supernet, score_candidates
 
 # One decision of one node: (cell 0 normal / 1 reduce, node i, input j1, input j2, op of j1, op of j2).
 Action = tuple[int, int, int, int, int, int]
@@ -97,7 +97,7 @@ def decode(actions: list[Action], ops, steps: int, multiplier: int) -> Genotype:
     cells: list[list] = [[], []]
     for c, _i, j1, j2, o1, o2 in actions:
         cells[c] += [(ops[o1], j1), (ops[o2], j2)]
-    concat = tuple(range(2 + steps - multiplier, 2 + steps))
+    concat = concat_nodes(steps, multiplier)
     return Genotype(tuple(cells[0]), concat, tuple(cells[1]), concat)
 
 
@@ -181,7 +181,7 @@ class Reinforce:
 
 def search(cfg: SearchConfig, data: Dataset, out: str | Path, progress: bool = True, resume: bool = False,
            log: Callable[[dict], None] | None = None):
-    """ENAS-style search; writes the common search artifacts (see ``strategy.run_strategy``)."""
+    """ENAS-style search; writes the common search artifacts (see ``dispatch.run_strategy``)."""
     from tqdm.auto import tqdm
 
     from .darts import SearchResult, parameter_free_share

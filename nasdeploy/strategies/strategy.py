@@ -39,13 +39,14 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from ..artifacts import RunDir, append_jsonl, ensure_dir, load_checkpoint, read_jsonl, save_checkpoint, write_json
+from ..artifacts import RunDir, append_jsonl, ensure_dir, read_jsonl, save_checkpoint, write_json
+from ..checkpoint import resume_checkpoint
 from ..config import SearchConfig
 from ..data import Dataset, batches
-from ..distributed import main_only
-from ..errors import CheckpointError, ConfigError, GenotypeError
+from ..errors import GenotypeError
+from ..space.cell import candidate_ops, node_offset, op_frequencies, sample_genotype  # noqa: F401 (re-exported)
 from ..space.genotype import Genotype
-from ..space.search_network import SearchNetwork, num_edges
+from ..space.search_network import SearchNetwork
 
 STRATEGIES = ("darts", "random", "evolution", "rl")
 
@@ -56,45 +57,6 @@ class Strategy(Protocol):
     def ask(self) -> Genotype: ...
 
     def tell(self, genotype: Genotype, score: float) -> None: ...
-
-
-# ----------------------------------------------------------------- the space as data
-
-def candidate_ops(primitives) -> tuple[str, ...]:
-    """Ops a derived cell may use: the search candidates without ``none``."""
-    return tuple(p for p in primitives if p != "none")
-
-
-def node_offset(i: int) -> int:
-    """Alpha row of intermediate node ``i``'s first input edge (node i has 2 + i inputs)."""
-    return 2 * i + i * (i - 1) // 2
-
-
-def sample_genotype(generator: torch.Generator, ops, steps: int, multiplier: int) -> Genotype:
-    """A uniform sample of the space: per node two distinct inputs, each with a uniform op."""
-    cells = []
-    for _ in range(2):
-        edges = []
-        for i in range(steps):
-            inputs = torch.randperm(2 + i, generator=generator)[:2].tolist()
-            for j in inputs:
-                edges.append((ops[int(torch.randint(len(ops), (1,), generator=generator))], j))
-        cells.append(tuple(edges))
-    concat = tuple(range(2 + steps - multiplier, 2 + steps))
-    return Genotype(cells[0], concat, cells[1], concat)
-
-
-def op_frequencies(genotypes: list[Genotype], ops, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per cell a (edges x ops) table: how often each edge carries each op among ``genotypes``."""
-    out = []
-    for reduction in (False, True):
-        t = torch.zeros(num_edges(steps), len(ops))
-        for g in genotypes:
-            edges, _ = g.cell(reduction)
-            for k, (op, j) in enumerate(edges):
-                t[node_offset(k // 2) + j, ops.index(op)] += 1
-        out.append(t / max(len(genotypes), 1))
-    return out[0], out[1]
 
 
 # ----------------------------------------------------------------- shared weights
@@ -245,13 +207,11 @@ def config_record(cfg: SearchConfig) -> dict:
 
 def start_or_resume(run: RunDir, cfg: SearchConfig, net: SharedSupernet, resume: bool) -> tuple[int, dict | None]:
     """Load ``supernet.pt`` when resuming (returns the next epoch and the checkpoint), else clear old records."""
-    if resume and run.supernet.exists():
-        ck = load_checkpoint(run.supernet, "supernet")
-        if ck.get("strategy", "darts") != cfg.strategy or ck["config"] != config_record(cfg):
-            raise CheckpointError(
-                f"{run.supernet} was written by another search configuration or strategy",
-                "resume with the same settings, or use a new --out directory",
-            )
+    from .darts import supernet_mismatch
+
+    ck = resume_checkpoint(run.supernet, "supernet", resume, lambda ck: supernet_mismatch(ck, cfg),
+                           f"{cfg.strategy} search")
+    if ck is not None:
         net.load_state(ck)
         start = int(ck["epoch"]) + 1
         from ..artifacts import write_jsonl
@@ -396,72 +356,3 @@ def finish(run: RunDir, cfg: SearchConfig, genotype: Genotype, metrics: list[dic
         "epochs": sum(1 for m in metrics if "train_loss" in m), **extra, "genotype": genotype.to_dict(),
     })
     return result_cls(genotype, metrics, val_acc, budget.elapsed, run.root)
-
-
-# ----------------------------------------------------------------- dispatcher
-
-def run_strategy(
-    cfg: SearchConfig,
-    data: Dataset,
-    out: str | Path,
-    progress: bool = True,
-    resume: bool = False,
-    penalty: Callable[[SearchNetwork], torch.Tensor] | None = None,
-    log: Callable[[dict], None] | None = None,
-    pictures: bool = True,
-    deploy=None,
-):
-    """Run the search ``cfg.strategy`` names and write the search artifacts and pictures under ``out/search``.
-
-    Args:
-        cfg: search settings; ``strategy`` is darts | random | evolution | rl, and ``epochs``,
-            ``candidates`` and ``max_seconds`` bound every strategy.
-        data: a loaded Dataset.
-        out: the run directory.
-        progress: progress bars on stderr.
-        resume: continue from ``search/supernet.pt`` (weight training; candidates are re-scored).
-        penalty: extra architecture loss on alpha (the latency term); DARTS only.
-        deploy: the served network's TrainConfig, for DARTS's latency target (see ``darts.search``).
-        log: called with each epoch's metrics record.
-        pictures: draw the cells, the alpha heat map and the curves (``viz.render_search``).
-
-    Returns:
-        SearchResult(genotype, metrics, val_acc, seconds, out).
-
-    Example:
-        >>> cfg = SearchConfig(strategy="evolution", epochs=5, candidates=200, C=8, layers=5)
-        >>> run_strategy(cfg, load_dataset("digits"), "runs/evo").genotype  # doctest: +SKIP
-    """
-    if cfg.strategy not in STRATEGIES:
-        raise ConfigError(f"strategy = {cfg.strategy!r}: unknown", f"use one of {', '.join(STRATEGIES)}")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.strategy == "darts":
-        from .darts import search
-
-        kw = {"deploy": deploy} if deploy is not None else {}
-        res = search(cfg, data, out, progress=progress, resume=resume, penalty=penalty, log=log, **kw)
-        if main_only():  # under torchrun rank 0 alone writes (distributed.py)
-            write_json(RunDir(out).search / "summary.json", {
-                "strategy": "darts", "val_acc": res.val_acc, "seconds": res.seconds, "epochs": len(res.metrics),
-                "stopped_by": "max_seconds" if len(res.metrics) < cfg.epochs else "budget",
-                "genotype": res.genotype.to_dict()})
-    else:
-        if penalty is not None or cfg.latency_target is not None:
-            raise ConfigError(f"a latency target needs the differentiable strategy, not {cfg.strategy!r}",
-                              "use --strategy darts with a latency target, or drop the target")
-        if cfg.strategy == "rl":
-            from .reinforce import search as rl_search
-
-            res = rl_search(cfg, data, out, progress=progress, resume=resume, log=log)
-        else:
-            if cfg.strategy == "random":
-                from .random_search import RandomSearch as factory
-            else:
-                from .evolution import AgingEvolution as factory
-            res = two_phase_search(cfg, data, out, factory.from_config, progress=progress, resume=resume, log=log)
-    if pictures and main_only():
-        from ..viz import render_search
-
-        render_search(out)
-    return res

@@ -1,19 +1,32 @@
-"""Small helpers over ONNX files: load with a clear error, inputs, metadata, sha256.
+"""ONNX files in and out: the one-file torch export, loading with a clear error, inputs, metadata, feeds.
 
-Shared by export (which writes the file), profile and the Triton stage
-(which read it); each caller passes the error type of its own stage.
+Shared by ``deploy`` (export writes the served file; profile, quantize and
+Triton read it) and ``latency.table`` (which times pieces exported exactly as
+the served model is); each caller passes the error type of its own stage.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import io
+import logging
 import os
+import tempfile
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
-from ..errors import NasdeployError, ProfileError
+from .artifacts import file_sha256  # noqa: F401  (re-exported: the ONNX files' hash)
+from .errors import ExportError, NasdeployError, ProfileError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+MAX_BATCH = 4096
 
 
 @dataclass(frozen=True)
@@ -46,13 +59,88 @@ class TensorSpec:
         return (batch_size, *rest)
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+class Logits(nn.Module):
+    """The served graph: exactly one tensor out (a ``(logits, None)`` tuple would lose an output)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path, opset: int) -> tuple[str, str | None]:
+    """Export with the dynamo exporter; fall back to TorchScript only if it fails. Returns (exporter, dynamo error).
+
+    One file (``external_data=False``), input ``input`` with a dynamic batch axis, output ``logits``.
+    """
+    common = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
+    try:
+        with quiet("torch.onnx", silence_warnings=True):
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(path),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}},
+                **common,
+            )
+        return "dynamo", None
+    except Exception as e:  # the dynamo exporter raises many types
+        dynamo_error = first_line(e)
+    try:
+        with quiet("torch.onnx", silence_warnings=True):
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(path),
+                dynamo=False,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                **common,
+            )
+    except Exception as e:
+        raise ExportError(
+            f"ONNX export failed (dynamo: {dynamo_error}; torchscript: {first_line(e)})",
+            "report the failing op; try another --opset",
+        ) from None
+    return "torchscript", dynamo_error
+
+
+@contextlib.contextmanager
+def exported(net: nn.Module, example: torch.Tensor, prefix: str = "nasdeploy-", opset: int = 20) -> Iterator[Path]:
+    """A temporary ``.onnx`` of the eval-mode served graph of ``net``, exported as ``deploy.export`` does."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as d:
+        path = Path(d) / "model.onnx"
+        with torch.no_grad():
+            torch_export(Logits(net).eval(), example, path, opset)
+        yield path
+
+
+@contextlib.contextmanager
+def quiet(logger: str | None = None, silence_warnings: bool = False):
+    """Silence the exporters' and ORT tools' progress prints and logs (failures still raise).
+
+    ``logger``: the logger kept at ERROR meanwhile (None: the root logger); ``silence_warnings``: drop warnings too.
+    """
+    log = logging.getLogger(logger)
+    prev = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            if silence_warnings:
+                warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(prev)
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first line (at most 200 characters), for one-line error messages."""
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
 def load_onnx(path: str | os.PathLike, error: type[NasdeployError] = ProfileError):
