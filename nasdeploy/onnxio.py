@@ -75,38 +75,21 @@ def torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path, opset: i
 
     One file (``external_data=False``), input ``input`` with a dynamic batch axis, output ``logits``.
     """
-    common = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
-    try:
-        with quiet("torch.onnx", silence_warnings=True):
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                str(path),
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}},
-                **common,
-            )
-        return "dynamo", None
-    except Exception as e:  # the dynamo exporter raises many types
-        dynamo_error = first_line(e)
-    try:
-        with quiet("torch.onnx", silence_warnings=True):
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                str(path),
-                dynamo=False,
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                **common,
-            )
-    except Exception as e:
-        raise ExportError(
-            f"ONNX export failed (dynamo: {dynamo_error}; torchscript: {first_line(e)})",
-            "report the failing op; try another --opset",
-        ) from None
-    return "torchscript", dynamo_error
+    # The two exporters differ only in how the batch axis is declared.
+    dynamo = dict(dynamo=True, external_data=False,
+                  dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}})
+    torchscript = dict(dynamo=False, dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    errors = []
+    for name, kw in (("dynamo", dynamo), ("torchscript", torchscript)):
+        try:
+            with quiet("torch.onnx", silence_warnings=True):
+                torch.onnx.export(wrapper, (example,), str(path), input_names=[INPUT_NAME],
+                                  output_names=[OUTPUT_NAME], opset_version=opset, verbose=False, **kw)
+            return name, (errors[0] if errors else None)
+        except Exception as e:  # the exporters raise many types
+            errors.append(first_line(e))
+    raise ExportError(f"ONNX export failed (dynamo: {errors[0]}; torchscript: {errors[1]})",
+                      "report the failing op; try another --opset")
 
 
 @contextlib.contextmanager

@@ -468,14 +468,19 @@ def pipeline(cfg: RunConfig | None, out: str | Path, progress: bool = True, resu
         interrupted = reason == "not run yet" and run.train_state.is_file() and not run.model.exists()
         train(cfg, run.root, data=data, resume=interrupted, overwrite=not interrupted, progress=progress)
 
+    def sync():  # under torchrun: every rank sees what rank 0 wrote before it reads the next stage's inputs
+        if env_ranks()[1] > 1:
+            barrier(init_from_env(device=cfg.search.device))
+
     step("search", do_search, {"data": data.spec.fingerprint})
+    sync()
     step("train", do_train)
+    sync()
     if main:  # serving artifacts: rank 0 alone under torchrun, the others wait for them
         step("export", lambda r: export(cfg, run.model, data=data, overwrite=True))
         step("profile", lambda r: profile(cfg, run.onnx, run.root, checkpoint=run.model, overwrite=True))
         summary = update_summary(run)
-    if env_ranks()[1] > 1:
-        barrier(init_from_env(device=cfg.search.device))
+    sync()
     if not main:
         from .artifacts import read_json
 

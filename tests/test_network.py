@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from nasdeploy.space.genotype import GENOTYPES
-from nasdeploy.space.network import Network, count_weights
+from nasdeploy.space.network import Network, count_mult_adds, count_weights
 
 
 def _warm_bn(net: Network, shape: tuple[int, ...], steps: int = 3) -> Network:
@@ -35,6 +35,7 @@ def test_darts_v2_imagenet_mobile_has_the_published_weights_and_macs():
     with torch.no_grad(), counter:
         net(torch.zeros(1, 3, 224, 224))
     assert counter.get_total_flops() // 2 == 529_911_552
+    assert count_mult_adds(net, (3, 224, 224)) == 529_911_552  # the run summary's figure
 
 
 def test_auxiliary_head_runs_only_in_training():
