@@ -87,6 +87,16 @@ def _config_options(f):
     return f
 
 
+def _stage_options(checkpoint: str, overwrite: str):
+    """--resume, --overwrite, --quiet and the config options of a stage that checkpoints."""
+    def deco(f):
+        f = _config_options(f)
+        f = click.option("--quiet", is_flag=True, help="No progress bar.")(f)
+        f = click.option("--overwrite", is_flag=True, help=overwrite[0].upper() + overwrite[1:] + ".")(f)
+        return click.option("--resume", is_flag=True, help=f"Continue from {checkpoint}.")(f)
+    return deco
+
+
 def _data_options(f):
     f = click.option("--dataset", default=None,
                      help="digits (embedded), a CIFAR-10 python dir, an image folder, or a .npz with x, y.")(f)
@@ -138,10 +148,7 @@ def _load(config_path, preset, overrides):
               help="Weight of the penalty weight*|LAT/target - 1| (TuNAS; default 0.1).")
 @click.option("--latency-table", type=click.Path(dir_okay=False), default=None,
               help="Latency table JSON (default: the per-machine cache, see `nasdeploy latency-table`).")
-@click.option("--resume", is_flag=True, help="Continue from OUT/search/supernet.pt.")
-@click.option("--overwrite", is_flag=True, help="Search again in an OUT that holds a different run.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@_config_options
+@_stage_options("OUT/search/supernet.pt", "search again where a search finished, or in an OUT of another run")
 def search(dataset, out, config_path, preset, resume, overwrite, quiet, order, **opts):
     """Search (DARTS or a black-box strategy); write OUT/search/{genotype.json, metrics.jsonl, supernet.pt, ...}.
 
@@ -278,10 +285,7 @@ def show(run_dir):
 @click.option("--seed", type=int, default=None, help="Random seed.")
 @click.option("--device", default=None, help="cpu, cuda ...")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads.")
-@click.option("--resume", is_flag=True, help="Continue from OUT/train/last.pt.")
-@click.option("--overwrite", is_flag=True, help="Train again where OUT/train/model.pt already exists.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@_config_options
+@_stage_options("OUT/train/last.pt", "train again where OUT/train/model.pt already exists")
 def train(genotype_ref, dataset, out, config_path, preset, resume, overwrite, quiet, **opts):
     """Train a genotype from scratch (DARTS evaluation recipe) and write OUT/train/model.pt.
 
