@@ -9,7 +9,7 @@ same steps, so neither kernel's allocations colour the other's figure.
     python benchmarks/mixed_op.py            # C=16, 8 layers, batch 32, 32x32, 2 threads (~5-10 min)
     python benchmarks/mixed_op.py --full     # more repeats (9 op, 7 step, 2 memory steps)
     python benchmarks/mixed_op.py --quick    # batch 8, fewest repeats
-    NASDEPLOY_CONV=kernel python benchmarks/mixed_op.py   # conv candidates on nasdeploy::sep_conv
+    python benchmarks/mixed_op.py --conv-path kernel    # conv candidates on nasdeploy::sep_conv
 
 The last line is the summary: step time ratio and peak-memory ratio.
 """
@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 
 from nasdeploy.ops import kernel_status
-from nasdeploy.ops.mixed_op import conv_path
 from nasdeploy.space.mixed_op import MixedOp
 from nasdeploy.space.primitives import PRIMITIVES
 from nasdeploy.space.search_network import SearchNetwork
@@ -38,7 +37,7 @@ from nasdeploy.space.search_network import SearchNetwork
 
 def build(kernel: str, args) -> tuple:
     torch.manual_seed(0)
-    net = SearchNetwork(args.channels, 10, args.layers, kernel=kernel)
+    net = SearchNetwork(args.channels, 10, args.layers, kernel=kernel, conv_path=args.conv_path)
     opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     x = torch.randn(args.batch, 3, args.size, args.size)
     y = torch.randint(0, 10, (args.batch,))
@@ -135,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--conv-path", choices=("native", "kernel"), default="native")
     p.add_argument("--op-repeats", type=int, default=5)
     p.add_argument("--step-repeats", type=int, default=3)
     p.add_argument("--mem-steps", type=int, default=1)
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     step = bench_step(args)
     print(f"search step: reference {step['reference'] * 1e3:.0f} ms, fused {step['fused'] * 1e3:.0f} ms CPU time "
           f"(wall {step['reference_wall'] * 1e3:.0f} / {step['fused_wall'] * 1e3:.0f} ms; median of "
-          f"{args.step_repeats}, conv path {conv_path()})")  # fmt: skip
+          f"{args.step_repeats}, conv path {args.conv_path})")  # fmt: skip
     child_argv = [a for a in argv if a not in ("--quick", "--full")] + ["--mem-steps", str(args.mem_steps)]
     child_argv += ["--batch", "8"] if args.quick else []
     mem = {k: peak_rss(k, child_argv) for k in ("reference", "fused")}

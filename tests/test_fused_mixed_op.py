@@ -135,10 +135,10 @@ def test_opcheck(device):
 
 @pytest.mark.parametrize("conv", ["native", "kernel"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_conv_paths_match_reference(monkeypatch, conv, stride):
-    monkeypatch.setenv("NASDEPLOY_CONV", conv)
-    assert ops.conv_path() == conv
+def test_conv_paths_match_reference(conv, stride):
+    assert ops.conv_path(conv) == conv
     ref, fused = _pair(4, stride, torch.float64, "cpu")
+    fused.conv_path = conv
     x = torch.randn(2, 4, 7, 9, dtype=torch.float64)
     w = torch.softmax(torch.randn(len(PRIMITIVES), dtype=torch.float64), 0)
     g = torch.randn_like(ref(x, w))
@@ -151,20 +151,20 @@ def test_conv_paths_match_reference(monkeypatch, conv, stride):
             torch.testing.assert_close(f[i][name], r[i][name], rtol=1e-9, atol=1e-9, msg=name)
 
 
-def test_unknown_conv_path_is_refused(monkeypatch):
-    monkeypatch.setenv("NASDEPLOY_CONV", "fast")
+def test_unknown_conv_path_is_refused():
     _, fused = _pair(4, 1, torch.float32, "cpu")
-    with pytest.raises(KernelError, match="NASDEPLOY_CONV"):
+    fused.conv_path = "fast"
+    with pytest.raises(KernelError, match="conv_path = 'fast'"):
         fused(torch.randn(1, 4, 5, 5), torch.softmax(torch.randn(8), 0))
 
 
 @pytest.mark.parametrize("conv", ["native", "kernel"])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_search_step_parity_float32(monkeypatch, conv, batch):
-    monkeypatch.setenv("NASDEPLOY_CONV", conv)
+def test_search_step_parity_float32(conv, batch):
     torch.manual_seed(0)
     ref = SearchNetwork(4, 5, 3, kernel="reference")
-    fused = SearchNetwork(4, 5, 3, kernel="fused")
+    fused = SearchNetwork(4, 5, 3, kernel="fused", conv_path=conv)
+    assert all(m.conv_path == conv for m in fused.modules() if isinstance(m, MixedOp))
     fused.load_state_dict(ref.state_dict())
     x, y = torch.randn(batch, 3, 9, 9), torch.randint(0, 5, (batch,))
     results = []

@@ -8,7 +8,7 @@ Two ops, each with a fake kernel and autograd registered right beside it:
   candidates arrive as their last BN's input and are normalized here.
 * the conv candidates run by default as torch's own convolutions (oneDNN, in
   channels_last) on one shared ReLU(x), their last BN done in ``mixed_op``;
-  ``NASDEPLOY_CONV=kernel`` runs them through
+  ``conv_path="kernel"`` (``--conv-path kernel``) runs them through
   ``nasdeploy::sep_conv`` -- ``pw(dw(prologue(x)))``, one DilConv/SepConv half
   without its BN: the ReLU (or BN + ReLU) prologue and the depthwise output are
   recomputed in backward, never stored, so one ReLU(x) serves every conv candidate.
@@ -18,8 +18,6 @@ module's own parameters and buffers (same state_dict as the reference).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
@@ -286,8 +284,8 @@ def _affine_free(bn: nn.Module) -> bool:
     return type(bn) is nn.BatchNorm2d and not bn.affine
 
 
-def conv_path() -> str:
-    """How the conv candidates run: ``NASDEPLOY_CONV`` = ``native`` (default) or ``kernel``.
+def conv_path(path: str = "native") -> str:
+    """Check how the conv candidates run (``[search] conv_path``, ``--conv-path``): ``native`` or ``kernel``.
 
     ``native``: torch's own convolutions (oneDNN on CPU) on one shared ReLU(x)
     in channels_last, with their BNs (the middle one as the module's ``nn.BatchNorm2d``, the last
@@ -295,9 +293,8 @@ def conv_path() -> str:
     which recomputes the prologue and the depthwise output in backward (less
     memory, slower on CPU: see docs/kernel.md).
     """
-    path = os.environ.get("NASDEPLOY_CONV", "native")
     if path not in CONV_PATHS:
-        raise KernelError(f"NASDEPLOY_CONV={path!r}", f"use one of {', '.join(CONV_PATHS)}")
+        raise KernelError(f"conv_path = {path!r}: unknown", f"use one of {', '.join(CONV_PATHS)}")
     return path
 
 
@@ -350,7 +347,7 @@ def fused_mixed_op_forward(module: nn.Module, x: Tensor, weights: Tensor) -> Ten
     if not all(m.training for m in module.modules()):
         return reference_mixed_op(module.ops, x, weights)
     codes, ext, eps, bns = [], [], [], []
-    path, shared = conv_path(), []
+    path, shared = conv_path(getattr(module, "conv_path", "native")), []
 
     def relu_x() -> Tensor:
         if not shared:

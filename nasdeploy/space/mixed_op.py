@@ -23,10 +23,13 @@ class MixedOp(nn.Module):
         stride: 1, or 2 for edges leaving the inputs of a reduction cell.
         primitives: candidate names (columns of alpha).
         kernel: ``"reference"`` or ``"fused"`` (already resolved, see nasdeploy.ops).
+        conv_path: how the fused kernel runs the conv candidates, ``"native"`` or ``"kernel"``.
     """
 
-    def __init__(self, C: int, stride: int, primitives: Sequence[str], kernel: str = "reference"):
+    def __init__(self, C: int, stride: int, primitives: Sequence[str], kernel: str = "reference",
+                 conv_path: str = "native"):
         super().__init__()
+        self.conv_path = conv_path
         self.C = C
         self.stride = stride
         self.primitives = tuple(primitives)

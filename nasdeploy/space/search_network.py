@@ -53,6 +53,7 @@ class SearchNetwork(nn.Module):
         stem_multiplier: the stem has ``stem_multiplier * C`` channels.
         primitives: candidate op names, the columns of alpha.
         kernel: mixed-op implementation, ``"auto" | "fused" | "reference"``.
+        conv_path: the fused kernel's conv candidates, ``"native"`` (oneDNN) or ``"kernel"`` (csrc/).
 
     Example:
         >>> net = SearchNetwork(16, 10, 8)
@@ -70,6 +71,7 @@ class SearchNetwork(nn.Module):
         stem_multiplier: int = 3,
         primitives: Sequence[str] = PRIMITIVES,
         kernel: str = "auto",
+        conv_path: str = "native",
     ):
         super().__init__()
         from ..ops import resolve_kernel
@@ -83,6 +85,7 @@ class SearchNetwork(nn.Module):
         self.stem_multiplier = stem_multiplier
         self.primitives = tuple(primitives)
         self.kernel = resolve_kernel(kernel)
+        self.conv_path = conv_path
 
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
@@ -100,6 +103,9 @@ class SearchNetwork(nn.Module):
             reduction_prev = reduction
             self.cells.append(cell)
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        for m in self.modules():  # the fused kernel's conv path: a setting of every mixed edge
+            if isinstance(m, MixedOp):
+                m.conv_path = conv_path
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
 

@@ -103,6 +103,7 @@ def build_supernet(cfg: SearchConfig, data: Dataset) -> SearchNetwork:
     return SearchNetwork(
         cfg.C, data.spec.num_classes, cfg.layers, in_channels=c, steps=cfg.steps, multiplier=cfg.multiplier,
         stem_multiplier=cfg.stem_multiplier, primitives=cfg.primitives, kernel=cfg.kernel,
+        conv_path=cfg.conv_path,
     )
 
 
