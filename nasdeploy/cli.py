@@ -99,7 +99,8 @@ def _stage_options(checkpoint: str, overwrite: str):
 
 def _data_options(f):
     f = click.option("--dataset", default=None,
-                     help="digits (embedded), a CIFAR-10 python dir, an image folder, or a .npz with x, y.")(f)
+                     help="digits (embedded), fashion-mnist (Debian package), an MNIST-layout IDX dir, "
+                          "a CIFAR-10 python dir, an image folder, or a .npz with x, y.")(f)
     return f
 
 
