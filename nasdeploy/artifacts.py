@@ -247,15 +247,21 @@ def save_checkpoint(path: str | os.PathLike, payload: dict, kind: str) -> Path:
     return atomic_write(path, buf.getvalue())
 
 
+def existing_file(path: str | os.PathLike, error: type[Exception], what: str, suffix: str, fix: str) -> Path:
+    """``path`` as a Path if it is a file; else ``error`` naming whether it is missing or a directory."""
+    p = Path(path)
+    if not p.exists():
+        raise error(f"{what} not found: {p}", fix)
+    if p.is_dir():
+        raise error(f"{p} is a directory, not a {suffix} file", f"pass the {suffix} file itself")
+    return p
+
+
 def load_checkpoint(path: str | os.PathLike, kind: str, map_location: str = "cpu") -> dict:
     """Load a checkpoint of ``kind`` with ``weights_only=True``; name what is wrong."""
     import torch
 
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint not found: {p}", "check the path, or run the stage that writes it")
-    if p.is_dir():
-        raise CheckpointError(f"{p} is a directory, not a checkpoint file", "pass the .pt file itself")
+    p = existing_file(path, CheckpointError, "checkpoint", ".pt", "check the path, or run the stage that writes it")
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated/foreign files

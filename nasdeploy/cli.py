@@ -135,6 +135,7 @@ def _load(config_path, preset, overrides):
               help="1: first-order DARTS; 2: unrolled second order (default 1).")
 @click.option("--w-lr", type=float, default=None, help="Weight SGD learning rate (paper: 0.025).")
 @click.option("--a-lr", type=float, default=None, help="Alpha Adam learning rate (paper: 3e-4).")
+@click.option("--warmup-epochs", type=int, default=None, help="First epochs train weights only, alpha frozen (0).")
 @click.option("--seed", type=int, default=None, help="Random seed (CPU runs are deterministic per seed).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ...")
 @click.option("--kernel", type=click.Choice(["auto", "fused", "reference"]), default=None,

@@ -54,6 +54,9 @@ class SearchConfig:
     a_beta1: float = 0.5
     a_beta2: float = 0.999
     a_weight_decay: float = 1e-3
+    # Epochs that train the weights with alpha frozen before the joint updates (0 in DARTS; PC-DARTS
+    # and P-DARTS warm up so that alpha is not steered by untrained candidates, which favours skips).
+    warmup_epochs: int = 0
     seed: int = 2
     device: str = "cpu"
     kernel: str = "auto"  # auto | fused | reference
@@ -237,6 +240,8 @@ def validate(obj) -> None:
         need(obj.multiplier <= obj.steps, "multiplier", "cannot exceed steps", "use multiplier <= steps")
         need(obj.order in (1, 2), "order", "DARTS has first (1) and second (2) order", "use order 1 or 2")
         need(0 < obj.train_portion < 1, "train_portion", "must lie in (0, 1)", "0.5 is the paper's")
+        need(0 <= obj.warmup_epochs < obj.epochs, "warmup_epochs", f"must lie in [0, epochs = {obj.epochs})",
+             "leave alpha at least one epoch of updates")
         need(obj.strategy in ("darts", "random", "evolution", "rl"), "strategy", "unknown strategy",
              "use darts, random, evolution or rl")
         need(obj.kernel in ("auto", "fused", "reference"), "kernel", "unknown kernel", "use auto, fused or reference")

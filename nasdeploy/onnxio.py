@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import file_sha256  # noqa: F401  (re-exported: the ONNX files' hash)
+from .artifacts import existing_file, file_sha256  # noqa: F401  (file_sha256 re-exported: the ONNX files' hash)
 from .errors import ExportError, NasdeployError, ProfileError
 
 INPUT_NAME = "input"
@@ -143,11 +143,7 @@ def load_onnx(path: str | os.PathLike, error: type[NasdeployError] = ProfileErro
     """
     import onnx
 
-    p = Path(path)
-    if not p.exists():
-        raise error(f"ONNX model not found: {p}", "check the path, or run `nasdeploy export` first")
-    if p.is_dir():
-        raise error(f"{p} is a directory, not an ONNX file", "pass the .onnx file itself")
+    p = existing_file(path, error, "ONNX model", ".onnx", "check the path, or run `nasdeploy export` first")
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # DecodeError, ValueError, ... for foreign files

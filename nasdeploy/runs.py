@@ -182,23 +182,23 @@ def _versions() -> dict:
     return v
 
 
+# One report line per stage section of summary.json.
+_STAGE_BULLETS = {
+    "search": lambda x: (f"search: {x.get('strategy')}, {x.get('epochs')} epochs, supernet val accuracy "
+                         f"{x.get('val_acc', float('nan')):.4f}"),
+    "train": lambda t: (f"**test accuracy {t['test_acc']:.4f}** (best val {t['best_val_acc']:.4f}), "
+                        f"{t['n_params']:,} weights, {t['mult_adds'] / 1e6:.2f} M multiply-adds per image"),
+    "export": lambda e: (f"ONNX: `{e['onnx']}` ({(e['onnx_bytes'] or 0) / 1e6:.2f} MB, opset {e['opset']}, parity "
+                         f"max abs diff {e['parity_max_abs_diff']:.1e})"),
+}
+
+
 def render_report(s: dict) -> str:
     """``report.md``: the summary for people."""
     lines = [f"# nasdeploy run `{s['run']}`", ""]
     if "dataset" in s:
         lines += [f"- dataset: `{s['dataset']}` (split seed {s.get('split_seed')})"]
-    if "search" in s:
-        x = s["search"]
-        lines += [f"- search: {x.get('strategy')}, {x.get('epochs')} epochs, supernet val accuracy "
-                  f"{x.get('val_acc', float('nan')):.4f}"]
-    if "train" in s:
-        t = s["train"]
-        lines += [f"- **test accuracy {t['test_acc']:.4f}** (best val {t['best_val_acc']:.4f}), "
-                  f"{t['n_params']:,} weights, {t['mult_adds'] / 1e6:.2f} M multiply-adds per image"]
-    if "export" in s:
-        e = s["export"]
-        lines += [f"- ONNX: `{e['onnx']}` ({(e['onnx_bytes'] or 0) / 1e6:.2f} MB, opset {e['opset']}, parity "
-                  f"max abs diff {e['parity_max_abs_diff']:.1e})"]
+    lines += [f"- {bullet(s[key])}" for key, bullet in _STAGE_BULLETS.items() if key in s]
     if "latency_budget" in s:
         b = s["latency_budget"]
         verdict = b.get("profile_within_budget")

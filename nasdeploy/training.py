@@ -30,23 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed as dist
 from .artifacts import RunDir, append_jsonl, ensure_dir, load_checkpoint, read_jsonl, save_checkpoint, write_jsonl
 from .checkpoint import load_network, model_payload, resume_checkpoint  # noqa: F401  (load_network: re-exported)
 from .config import TrainConfig
 from .data import Dataset, DataSpec, batches, shard
-from .distributed import (
-    StopFlag,
-    all_sum,
-    any_rank,
-    average_buffers,
-    average_gradients,
-    broadcast_module,
-    gather_rng,
-    init_from_env,
-    interrupted,
-    interruptible,
-    sync_batchnorm,
-)
 from .errors import ConfigError, DataError
 from .space.genotype import Genotype
 from .space.network import Network, count_weights
@@ -126,7 +114,7 @@ def _cpu_state(model: nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-@interruptible
+@dist.interruptible
 def train(
     genotype: Genotype,
     cfg: TrainConfig,
@@ -134,7 +122,7 @@ def train(
     out: str | Path,
     progress: bool = True,
     resume: bool = False,
-    stop: StopFlag | None = None,
+    stop: dist.StopFlag | None = None,
 ) -> TrainResult:
     """Train the final network of ``genotype`` on ``data`` and write ``<out>/train/``.
 
@@ -169,7 +157,7 @@ def train(
 
     t_start = time.perf_counter()
     run = RunDir(out)
-    ctx = init_from_env(device=_device(cfg.device))  # under torchrun: this process's rank; else a single process
+    ctx = dist.init_from_env(device=_device(cfg.device))  # under torchrun: this process's rank; else a single process
     device = ctx.device
     if cfg.batch_size % ctx.world_size:
         raise ConfigError(f"train.batch_size = {cfg.batch_size} (the global batch) does not split among "
@@ -202,8 +190,8 @@ def train(
     model = Network(
         genotype, cfg.C, spec.num_classes, cfg.layers, auxiliary=cfg.auxiliary, in_channels=c_in, stem=stem
     ).to(device)
-    broadcast_module(model, ctx)
-    sync_batchnorm(model, ctx)  # several ranks: BatchNorm statistics of the global batch
+    dist.broadcast_module(model, ctx)
+    dist.sync_batchnorm(model, ctx)  # several ranks: BatchNorm statistics of the global batch
     if ctx.enabled:  # drop-path masks: an independent stream per rank (weights are already initialized)
         torch.manual_seed(cfg.seed + 7919 * (ctx.rank + 1))
     n_params = count_weights(model, exclude_prefix="auxiliary_head")
@@ -247,7 +235,7 @@ def train(
             "best_epoch": best_epoch,
             "rng": {
                 "torch": torch.get_rng_state(),
-                "torch_ranks": gather_rng(ctx),  # per-rank drop-path streams under torchrun
+                "torch_ranks": dist.gather_rng(ctx),  # per-rank drop-path streams under torchrun
                 "shuffle": shuffle_gen.get_state(),
                 "cutout": cutout_gen.get_state(),
             },
@@ -279,14 +267,14 @@ def train(
                 batches(data.x_train, data.y_train, cfg.batch_size, generator=shuffle_gen, drop_last=drop_last)):
             if step < skip:
                 continue  # resumed mid-epoch: the checkpoint's weights already include this step
-            if any_rank(stop is not None and stop.requested, ctx):  # every rank stops at this same step
-                average_buffers(model, ctx)  # EMA updates are linear: averaging now or at the epoch end agree
-                acc = all_sum([loss_sum.item(), correct.item(), seen], ctx)
+            if dist.any_rank(stop is not None and stop.requested, ctx):  # every rank stops at this same step
+                dist.average_buffers(model, ctx)  # EMA updates are linear: averaging now or at the epoch end agree
+                acc = dist.all_sum([loss_sum.item(), correct.item(), seen], ctx)
                 payload = {**state_payload(epoch), "partial": {"step": step, "rng_start": rng_start, "sums": acc}}
                 if ctx.is_main:
                     save_checkpoint(run.train_state, payload, "train_state")
                 bar.close()
-                raise interrupted(stop, f"epoch {epoch + 1} step {step}", run.train_state)
+                raise dist.interrupted(stop, f"epoch {epoch + 1} step {step}", run.train_state)
             if cfg.cutout:  # drawn on the global batch, so any number of ranks sees the same holes
                 xb = cutout(xb, cut_len, cutout_gen)
             if ctx.enabled:
@@ -299,7 +287,7 @@ def train(
                 loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            average_gradients(model.parameters(), ctx, weight=len(yb))  # = the global batch's gradient
+            dist.average_gradients(model.parameters(), ctx, weight=len(yb))  # = the global batch's gradient
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             loss_sum += loss.detach() * len(yb)
@@ -308,9 +296,9 @@ def train(
         skip = 0
         scheduler.step()
         if ctx.enabled:
-            loss_total, correct_total, seen = all_sum([loss_sum.item(), correct.item(), seen], ctx)
+            loss_total, correct_total, seen = dist.all_sum([loss_sum.item(), correct.item(), seen], ctx)
             loss_sum, correct = torch.tensor(loss_total), torch.tensor(correct_total)
-        average_buffers(model, ctx)  # BatchNorm running statistics: one model on every rank
+        dist.average_buffers(model, ctx)  # BatchNorm running statistics: one model on every rank
 
         val_loss, val_acc = evaluate(model, data.x_val, data.y_val, max(cfg.batch_size, 256))
         record = {

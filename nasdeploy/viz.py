@@ -134,26 +134,46 @@ def plot_cell(edges, concat, stem: str | Path, title: str = "", engine: str = "a
     return paths
 
 
-def plot_alphas(normal, reduce, ops, path: str | Path, title: str = "softmax(alpha)", steps: int | None = None):
-    """Heat map of two (edges x ops) matrices of weights in [0, 1], rows labelled ``node<-input``."""
+def plot_alphas(normal, reduce, ops, path: str | Path, title: str = "softmax(alpha)", steps: int | None = None,
+                chosen: Genotype | None = None):
+    """Heat map of two (edges x ops) weight matrices, rows labelled ``node<-input``.
+
+    Each panel's colour scale spans that matrix's own range (alphas that barely move still show
+    their ranking); the edges ``chosen`` keeps are outlined, and every row ends with its margin:
+    the strongest non-``none`` op's weight minus the runner-up's.
+    """
     import numpy as np
+    import torch
+    from matplotlib.patches import Rectangle
+
+    from .space.cell import alpha_rows, op_margins
 
     normal, reduce = np.asarray(normal, dtype=float), np.asarray(reduce, dtype=float)
     k = normal.shape[0]
     steps = steps or int(round((-3 + math.sqrt(9 + 8 * k)) / 2))  # k = steps * (steps + 3) / 2
     rows = [f"{i}<-{_node_name(j)}" for i in range(steps) for j in range(2 + i)]
-    fig = _figure(2 + 1.1 * len(ops) * 2, 1.2 + 0.32 * k)
+    fig = _figure(3 + 1.1 * len(ops) * 2, 1.4 + 0.32 * k)
     axes = fig.subplots(1, 2, sharey=True)
-    for ax, mat, name in zip(axes, (normal, reduce), ("normal", "reduce")):
-        im = ax.imshow(mat, cmap="viridis", vmin=0, vmax=max(float(mat.max()), 1e-9), aspect="auto")
+    kept = (chosen.normal, chosen.reduce) if chosen is not None else (None, None)
+    for ax, mat, name, edges in zip(axes, (normal, reduce), ("normal", "reduce"), kept):
+        lo, hi = float(mat.min()), float(mat.max())
+        hi = hi if hi > lo else lo + 1e-9
+        im = ax.imshow(mat, cmap="viridis", vmin=lo, vmax=hi, aspect="auto")
         ax.set_xticks(range(len(ops)), ops, rotation=60, ha="right", fontsize=8)
         ax.set_yticks(range(k), rows[:k], fontsize=8)
-        ax.set_title(name)
         for (r, c), v in np.ndenumerate(mat):
-            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                    color="white" if v < 0.6 * max(float(mat.max()), 1e-9) else "black")
-        fig.colorbar(im, ax=ax, fraction=0.05)
-    fig.suptitle(title)
+            ax.text(c, r, f"{v:.3f}", ha="center", va="center", fontsize=6,
+                    color="white" if (v - lo) < 0.6 * (hi - lo) else "black")
+        margins = op_margins(torch.as_tensor(mat), ops)
+        for r, m in enumerate(margins.tolist()):
+            ax.text(len(ops) - 0.4, r, f"Δ{m:.3f}", ha="left", va="center", fontsize=6)
+        if edges is not None:
+            for row, (op, _) in zip(alpha_rows(edges), edges):
+                if op in ops:
+                    ax.add_patch(Rectangle((ops.index(op) - 0.5, row - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+        ax.set_title(f"{name}: weights {lo:.3f}–{hi:.3f}, median margin {float(margins.median()):.3f}", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.05, pad=0.12)
+    fig.suptitle(f"{title}  (red: kept edges; Δ: chosen op minus runner-up)" if chosen is not None else title)
     return _save(fig, Path(path))
 
 
@@ -217,7 +237,7 @@ def render_search(run_dir: str | Path, primitives=None) -> dict[str, Path]:
         else:  # black-box strategies: policy probabilities or op frequencies
             n, r = torch.tensor(last["weights_normal"]), torch.tensor(last["weights_reduce"])
             ops, what = last["ops"], last.get("what", "op weights")
-        out["alphas.png"] = plot_alphas(n, r, list(ops), run.search / "alphas.png", what, genotype.steps)
+        out["alphas.png"] = plot_alphas(n, r, list(ops), run.search / "alphas.png", what, genotype.steps, genotype)
     metrics = read_jsonl(run.search_metrics)
     if metrics:
         cands = read_jsonl(run.search / "candidates.jsonl")

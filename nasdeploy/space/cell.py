@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -72,6 +73,36 @@ def concat_nodes(steps: int, multiplier: int) -> tuple[int, ...]:
 def reduction_layers(layers: int) -> tuple[int, ...]:
     """Cells at 1/3 and 2/3 of the depth are reduction cells (DARTS)."""
     return tuple(sorted({layers // 3, 2 * layers // 3})) if layers >= 3 else ()
+
+
+class CellSlot(NamedTuple):
+    """One cell of a network: its place and the channels of its inputs and nodes."""
+
+    index: int
+    reduction: bool
+    reduction_prev: bool
+    C_prev_prev: int
+    C_prev: int
+    C: int
+
+
+def cell_slots(layers: int, C: int, C_prev_prev: int, C_prev: int, multiplier: Callable[[bool], int],
+               reduction_prev: bool = False) -> list[CellSlot]:
+    """Channels through the stack of cells: a reduction cell doubles C; a cell outputs ``multiplier * C``.
+
+    ``multiplier(reduction)`` is how many nodes that kind of cell concatenates. Supernet and
+    final network both build from this list, so their channel arithmetic cannot drift apart.
+    """
+    reductions = reduction_layers(layers)
+    slots = []
+    for i in range(layers):
+        reduction = i in reductions
+        if reduction:
+            C *= 2
+        slots.append(CellSlot(i, reduction, reduction_prev, C_prev_prev, C_prev, C))
+        reduction_prev = reduction
+        C_prev_prev, C_prev = C_prev, multiplier(reduction) * C
+    return slots
 
 
 # ------------------------------------------------------------------ derivation
@@ -136,6 +167,26 @@ def limit_skips(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, primit
         w[min(rows, key=lambda r: float(w[r, skip])), skip] = 0.0
         g = Genotype(derive_cell(w, primitives, steps), g.normal_concat, g.reduce, g.reduce_concat)
     return g
+
+
+def op_margins(weights: torch.Tensor, primitives: Sequence[str]) -> torch.Tensor:
+    """Per edge: weight of the strongest non-``none`` op minus the runner-up's (how firmly the op is chosen)."""
+    keep = [k for k, p in enumerate(primitives) if p != "none"]
+    w = weights.detach().float()[:, keep]
+    if w.shape[1] < 2:
+        return torch.ones(w.shape[0])
+    top2 = w.topk(2, dim=1).values
+    return top2[:, 0] - top2[:, 1]
+
+
+def genotype_agreement(a: Genotype, b: Genotype) -> float:
+    """Share of kept ``(op, input)`` edges two genotypes have in common, node by node (1.0: the same cells)."""
+    same = total = 0
+    for ea, eb in ((a.normal, b.normal), (a.reduce, b.reduce)):
+        for i in range(0, min(len(ea), len(eb)), 2):
+            same += len(set(ea[i:i + 2]) & set(eb[i:i + 2]))
+            total += 2
+    return same / total if total else 1.0
 
 
 # ------------------------------------------------------------------ sampling and statistics

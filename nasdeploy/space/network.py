@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .cell import edge_stride, reduction_layers
+from .cell import cell_slots, edge_stride
 from .genotype import Genotype
 from .primitives import OPS, FactorizedReduce, Identity, ReLUConvBN
 
@@ -121,14 +121,9 @@ class Network(nn.Module):
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
-        self.genotype = genotype
-        self.C = C
-        self.num_classes = num_classes
-        self.layers = layers
-        self.auxiliary = auxiliary
-        self.in_channels = in_channels
-        self.stem_type = stem
-        self.drop_path_prob = drop_path_prob
+        self.genotype, self.drop_path_prob = genotype, drop_path_prob
+        self.C, self.num_classes, self.layers, self.in_channels = C, num_classes, layers, in_channels
+        self.auxiliary, self.stem_type = auxiliary, stem
         self.aux_layer = 2 * layers // 3
 
         if stem == "cifar":
@@ -151,23 +146,19 @@ class Network(nn.Module):
             )
             C_prev_prev, C_prev, reduction_prev = C, C, True
 
-        C_curr = C
-        reductions = reduction_layers(layers)
-        self.cells = nn.ModuleList()
-        C_aux = C_prev
-        for i in range(layers):
-            reduction = i in reductions
-            if reduction:
-                C_curr *= 2
-            cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
-            reduction_prev = reduction
-            self.cells.append(cell)
-            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
-            if i == self.aux_layer:
-                C_aux = C_prev
+        concat = {False: len(genotype.normal_concat), True: len(genotype.reduce_concat)}
+        slots = cell_slots(layers, C, C_prev_prev, C_prev, concat.__getitem__, reduction_prev)
+        self.cells = nn.ModuleList(
+            Cell(genotype, s.C_prev_prev, s.C_prev, s.C, s.reduction, s.reduction_prev) for s in slots
+        )
+
+        def out_channels(i: int) -> int:
+            return concat[slots[i].reduction] * slots[i].C
+
+        C_aux = out_channels(self.aux_layer)
         self.auxiliary_head = AuxiliaryHead(C_aux, num_classes, bn_after_conv2=stem == "cifar") if auxiliary else None
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_prev, num_classes)
+        self.classifier = nn.Linear(out_channels(-1), num_classes)
 
     def config(self) -> dict:
         """JSON-able constructor arguments (the genotype is stored beside them)."""

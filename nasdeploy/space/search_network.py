@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cell import derive_genotype, edge_inputs, edge_stride, node_offset, num_edges, reduction_layers
+from .cell import cell_slots, derive_genotype, edge_inputs, edge_stride, node_offset, num_edges
 from .genotype import Genotype
 from .mixed_op import MixedOp
 from .primitives import PRIMITIVES, FactorizedReduce, ReLUConvBN
@@ -76,38 +76,25 @@ class SearchNetwork(nn.Module):
         super().__init__()
         from ..ops import resolve_kernel
 
-        self.C = C
-        self.num_classes = num_classes
-        self.layers = layers
-        self.in_channels = in_channels
-        self.steps = steps
-        self.multiplier = multiplier
-        self.stem_multiplier = stem_multiplier
+        self.C, self.num_classes, self.layers, self.in_channels = C, num_classes, layers, in_channels
+        self.steps, self.multiplier, self.stem_multiplier = steps, multiplier, stem_multiplier
         self.primitives = tuple(primitives)
         self.kernel = resolve_kernel(kernel)
         self.conv_path = conv_path
 
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
-        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        reductions = reduction_layers(layers)
-        for i in range(layers):
-            reduction = i in reductions
-            if reduction:
-                C_curr *= 2
-            cell = SearchCell(
-                steps, multiplier, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, self.primitives, self.kernel
-            )
-            reduction_prev = reduction
-            self.cells.append(cell)
-            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        slots = cell_slots(layers, C, C_curr, C_curr, lambda reduction: multiplier)
+        self.cells = nn.ModuleList(
+            SearchCell(steps, multiplier, s.C_prev_prev, s.C_prev, s.C, s.reduction, s.reduction_prev,
+                       self.primitives, self.kernel)
+            for s in slots
+        )
         for m in self.modules():  # the fused kernel's conv path: a setting of every mixed edge
             if isinstance(m, MixedOp):
                 m.conv_path = conv_path
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_prev, num_classes)
+        self.classifier = nn.Linear(multiplier * slots[-1].C, num_classes)
 
         k, n = num_edges(steps), len(self.primitives)
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, n))

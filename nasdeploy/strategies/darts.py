@@ -253,9 +253,10 @@ def search(
             xb, yb = xb.to(device), yb.to(device)
             if ctx.enabled:
                 n_val[0] = len(yv)
-            arch = architect.step(xb, yb, xv, yv, lr, w_opt)
-            arch_loss += arch["arch_loss"]
-            pen = arch["penalty"]
+            if epoch >= cfg.warmup_epochs:  # warm-up: weights only, alpha frozen (the arch batch is still drawn)
+                arch = architect.step(xb, yb, xv, yv, lr, w_opt)
+                arch_loss += arch["arch_loss"]
+                pen = arch["penalty"]
             w_opt.zero_grad(set_to_none=True)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)

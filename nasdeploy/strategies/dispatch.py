@@ -7,17 +7,18 @@ dispatches, so no strategy module imports it back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from ..artifacts import RunDir, write_json
+from ..artifacts import RunDir, load_checkpoint, read_jsonl, write_json
 from ..config import SearchConfig
 from ..data import Dataset
 from ..distributed import main_only
 from ..errors import ConfigError
-from ..space.search_network import SearchNetwork
+from ..space.cell import genotype_agreement, op_margins
+from ..space.genotype import Genotype
+from ..space.primitives import PRIMITIVES
 from .strategy import STRATEGIES, two_phase_search
 
 # ----------------------------------------------------------------- dispatcher
@@ -32,17 +33,22 @@ def check_world(cfg: SearchConfig) -> None:
                           "job", "use --strategy darts under torchrun (data-parallel), or run without torchrun")
 
 
-def run_strategy(
-    cfg: SearchConfig,
-    data: Dataset,
-    out: str | Path,
-    progress: bool = True,
-    resume: bool = False,
-    penalty: Callable[[SearchNetwork], torch.Tensor] | None = None,
-    log: Callable[[dict], None] | None = None,
-    pictures: bool = True,
-    deploy=None,
-):
+def alpha_signal(run: RunDir, final: Genotype, last: int = 3) -> dict:
+    """How firmly the alphas decided: softmax range and per-edge op margins at the end, and whether
+    the derived genotype had settled (agreement of each of the last epochs' genotypes with the final)."""
+    records = read_jsonl(run.alphas)
+    if not records:
+        return {}
+    ops = load_checkpoint(run.supernet, "supernet")["network"]["primitives"] if run.supernet.exists() else PRIMITIVES
+    weights = [torch.softmax(torch.as_tensor(records[-1][k]).float(), -1) for k in ("alphas_normal", "alphas_reduce")]
+    margins = torch.cat([op_margins(w, ops) for w in weights])
+    agree = [genotype_agreement(Genotype.from_dict(r["genotype"]), final) for r in records[-1 - last:-1]]
+    return {"weight_min": float(min(w.min() for w in weights)), "weight_max": float(max(w.max() for w in weights)),
+            "margin_median": float(margins.median()), "margin_min": float(margins.min()),
+            "agreement_last_epochs": agree, "stable": bool(agree) and min(agree) == 1.0}
+
+
+def run_strategy(cfg: SearchConfig, data: Dataset, out: str | Path, pictures: bool = True, **options):
     """Run the search ``cfg.strategy`` names and write the search artifacts and pictures under ``out/search``.
 
     Args:
@@ -50,11 +56,8 @@ def run_strategy(
             ``candidates`` and ``max_seconds`` bound every strategy.
         data: a loaded Dataset.
         out: the run directory.
-        progress: progress bars on stderr.
-        resume: continue from ``search/supernet.pt`` (weight training; candidates are re-scored).
-        penalty: extra architecture loss on alpha (the latency term); DARTS only.
-        deploy: the served network's TrainConfig, for DARTS's latency target (see ``darts.search``).
-        log: called with each epoch's metrics record.
+        options: keyword arguments of ``darts.search`` (progress, resume, log, penalty, deploy, stop);
+            the black-box strategies take progress, resume and log.
         pictures: draw the cells, the alpha heat map and the curves (``viz.render_search``).
 
     Returns:
@@ -72,27 +75,30 @@ def run_strategy(
     if cfg.strategy == "darts":
         from .darts import search
 
-        kw = {"deploy": deploy} if deploy is not None else {}
-        res = search(cfg, data, out, progress=progress, resume=resume, penalty=penalty, log=log, **kw)
+        res = search(cfg, data, out, **options)
         if main_only():  # under torchrun rank 0 alone writes (distributed.py)
             write_json(RunDir(out).search / "summary.json", {
                 "strategy": "darts", "val_acc": res.val_acc, "seconds": res.seconds, "epochs": len(res.metrics),
                 "stopped_by": "max_seconds" if len(res.metrics) < cfg.epochs else "budget",
-                "genotype": res.genotype.to_dict()})
+                "genotype": res.genotype.to_dict(), "signal": alpha_signal(RunDir(out), res.genotype)})
     else:
-        if penalty is not None or cfg.latency_target is not None:
+        if options.pop("penalty", None) is not None or cfg.latency_target is not None:
             raise ConfigError(f"a latency target needs the differentiable strategy, not {cfg.strategy!r}",
                               "use --strategy darts with a latency target, or drop the target")
+        options.pop("deploy", None)  # the served network's settings matter only to a latency target
+        unknown = sorted(set(options) - {"progress", "resume", "log"})
+        if unknown:
+            raise TypeError(f"run_strategy: {cfg.strategy!r} takes no option {', '.join(unknown)}")
         if cfg.strategy == "rl":
             from .reinforce import search as rl_search
 
-            res = rl_search(cfg, data, out, progress=progress, resume=resume, log=log)
+            res = rl_search(cfg, data, out, **options)
         else:
             if cfg.strategy == "random":
                 from .random_search import RandomSearch as factory
             else:
                 from .evolution import AgingEvolution as factory
-            res = two_phase_search(cfg, data, out, factory.from_config, progress=progress, resume=resume, log=log)
+            res = two_phase_search(cfg, data, out, factory.from_config, **options)
     if pictures and main_only():
         from ..viz import render_search
 
