@@ -164,7 +164,13 @@ def summarize(run: RunDir) -> dict:
             b = out["latency_budget"]
             batch = str(b.get("batch", 1))
             measured = p50["fp32"].get(batch)
-            if measured is not None and b.get("target_ms"):
+            same = (b.get("threads") in (None, cfg_p.get("threads"))
+                    and b.get("cpu") in (None, lat.get("fingerprint", {}).get("cpu")))
+            if measured is not None and b.get("target_ms") and not same:  # another machine's or thread count's budget
+                b["profile_verdict"] = (f"not comparable: profiled at {cfg_p.get('threads')} thread(s) on "
+                                        f"{lat.get('fingerprint', {}).get('cpu')}, budget for {b.get('threads')} "
+                                        f"on {b.get('cpu')}")
+            elif measured is not None and b.get("target_ms"):
                 b["profile_p50_ms"] = measured
                 b["profile_within_budget"] = measured <= b["target_ms"]
     return out
@@ -202,8 +208,11 @@ def render_report(s: dict) -> str:
     if "latency_budget" in s:
         b = s["latency_budget"]
         verdict = b.get("profile_within_budget")
-        lines += [f"- latency budget {b.get('target_ms')} ms: "
-                  + ("no measurement yet" if verdict is None else
+        searched = (f"search: predicted {b['deployed_predicted_ms']:.4f} ms, measured "
+                    f"{b['measured_p50_ms']:.4f} ms, {len(b.get('repairs', []))} repair(s); "
+                    if b.get("measured_p50_ms") is not None else "")
+        lines += [f"- latency budget {b.get('target_ms')} ms: {searched}"
+                  + (b.get("profile_verdict", "no profile yet") if verdict is None else
                      f"profiled p50 {b['profile_p50_ms']:.4f} ms, {'within' if verdict else 'OVER'} budget")]
     if "latency" in s:
         lat = s["latency"]

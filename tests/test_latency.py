@@ -82,9 +82,13 @@ def test_table_is_measured_once_then_reused_from_disk(tmp_path):
     assert third.calls == expected_entries + 2
     assert set(table.entries) < set(both.entries)
 
-    # The same file under another thread count is refused, not silently mixed.
-    with pytest.raises(ProfileError, match="fingerprint"):
-        LatencyTable.load_or_measure(TINY, path, threads=2, timer=CountingTimer(), progress=False)
+    # The same file under another thread count is another machine's table: used as it is, never extended.
+    other = CountingTimer()
+    foreign = LatencyTable.load_or_measure(TINY, path, threads=2, timer=other, progress=False)
+    assert other.calls == 0 and foreign.entries == both.entries
+    tall = DeploySpec(C=4, layers=5, in_channels=1, H=8, W=8, num_classes=10, steps=2, multiplier=2)
+    with pytest.raises(ProfileError, match=r"another deployment \(layers = 3 there, 5 here\)"):
+        LatencyTable.load_or_measure(tall, path, threads=2, timer=other, progress=False)
 
 
 def test_table_prediction_is_calibrated_sum_of_entries(tmp_path):
@@ -156,10 +160,14 @@ def test_expected_latency_is_differentiable():
     torch.testing.assert_close(an.grad, soft_grad)
 
 
-def test_penalty_is_two_sided_relative_error():
-    assert float(penalty(torch.tensor(3.0), 2.0, 0.5)) == pytest.approx(0.25)
-    assert float(penalty(torch.tensor(1.0), 2.0, 0.5)) == pytest.approx(0.25)
-    assert float(penalty(torch.tensor(2.0), 2.0, 0.5)) == 0.0
+def test_penalty_is_steep_over_the_budget_and_gentle_under_it():
+    # r = pred / target; aim 0.95: over it the full slope, under it `under` (0.25) of it.
+    assert float(penalty(torch.tensor(3.0), 2.0, 0.5)) == pytest.approx(0.5 * (1.5 - 0.95))
+    assert float(penalty(torch.tensor(1.0), 2.0, 0.5)) == pytest.approx(0.5 * 0.25 * (0.95 - 0.5))
+    assert float(penalty(torch.tensor(1.9), 2.0, 0.5)) == 0.0
+    # under 0: the pure hinge (MnasNet's hard constraint); under 1, aim 1: TuNAS's absolute reward.
+    assert float(penalty(torch.tensor(1.0), 2.0, 0.5, under=0.0)) == 0.0
+    assert float(penalty(torch.tensor(1.0), 2.0, 0.5, under=1.0, aim=1.0)) == pytest.approx(0.25)
 
 
 def test_achievable_range_by_hand():
@@ -191,7 +199,15 @@ def _tiny_cfg(tmp_path, target):
                         latency_weight=1.0, latency_table=str(tmp_path / "table.json"), latency_calibration=3)
 
 
-def test_latency_constrained_search_runs_end_to_end(digits, tmp_path):
+@pytest.fixture
+def fake_ort(monkeypatch):
+    """Budget measurements (probes, verification) through CountingTimer instead of ONNX Runtime."""
+    import nasdeploy.latency.budget as budget
+
+    monkeypatch.setattr(budget, "ort_timer", lambda *a, **k: CountingTimer())
+
+
+def test_latency_constrained_search_runs_end_to_end(digits, tmp_path, fake_ort):
     from nasdeploy.strategies.darts import search
 
     deploy = TrainConfig(C=4, layers=3)
@@ -201,19 +217,21 @@ def test_latency_constrained_search_runs_end_to_end(digits, tmp_path):
                                          progress=False)
     lo, hi = achievable_range(table.costs(spec))
 
-    with pytest.raises(LatencyTargetError, match="spans"):
+    with pytest.raises(LatencyTargetError, match="below the fastest"):
         search(_tiny_cfg(tmp_path, lo / 2), digits, tmp_path / "bad", progress=False, deploy=deploy)
 
     target = (lo + hi) / 2
     res = search(_tiny_cfg(tmp_path, target), digits, tmp_path / "run", progress=False, deploy=deploy)
     rec = res.metrics[-1]
     assert rec["penalty"] is not None and rec["penalty"] >= 0
-    assert rec["predicted_latency_ms"] == pytest.approx(table.predict_ms(res.genotype, spec))
     assert lo <= rec["predicted_latency_ms"] <= hi
     assert isinstance(res.genotype, Genotype)
+    budget = json.loads((tmp_path / "run" / "search" / "latency_budget.json").read_text())
+    assert budget["verdict"] == "within" and budget["measured_p50_ms"] <= target
+    assert budget["deployed_predicted_ms"] == pytest.approx(table.predict_ms(res.genotype, spec))
 
 
-def test_cli_refuses_impossible_target_in_one_line(digits, tmp_path):
+def test_cli_refuses_impossible_target_in_one_line(digits, tmp_path, fake_ort):
     from click.testing import CliRunner
 
     from nasdeploy.cli import main
@@ -228,7 +246,9 @@ def test_cli_refuses_impossible_target_in_one_line(digits, tmp_path):
                                     "--latency-target", str(hi * 3), "--latency-table", str(path)])
     assert res.exit_code == 1
     err = [line for line in res.output.splitlines() if line.startswith("Error:")]
-    assert len(err) == 1 and "above the slowest" in err[0] and f"{hi:.4g}" in err[0]
+    probes = LatencyTable.load(path).probes[spec.key()]
+    slowest = max(p["p50_ms"] for p in probes.values())
+    assert len(err) == 1 and "above the slowest" in err[0] and f"{slowest:.4g}" in err[0]
 
     # `latency-table` on a complete cached table times nothing and prints the range.
     res = CliRunner().invoke(main, ["latency-table", "--preset", "tiny", "--table", str(path), "--quiet"])

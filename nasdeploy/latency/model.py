@@ -140,19 +140,20 @@ def straight_through(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, c
     return soft + (derived_latency(alphas_normal, alphas_reduce, costs) - soft.detach())
 
 
-def penalty(pred: torch.Tensor, target: float, weight: float) -> torch.Tensor:
-    """TuNAS's absolute reward as a loss: ``weight * |pred / target - 1|``.
+def penalty(pred: torch.Tensor, target: float, weight: float, under: float = 0.25,
+            aim: float = 0.95) -> torch.Tensor:
+    """The budget loss: ``weight * (relu(r - aim) + under * relu(aim - r))`` with ``r = pred / target``.
 
-    Two-sided: unlike ProxylessNAS/FBNet (``log(LAT)`` or ``LAT^beta`` terms
-    that only push latency down, so the weight must be swept to land on a
-    budget) and MnasNet's soft ``(LAT/T)^w`` (which still rewards going
-    below T), it is zero at the target and pulls from both sides, so the
-    search lands near ``target`` and spends the rest of the budget on accuracy.
-    Relative error keeps ``weight`` comparable across targets.
+    Asymmetric (docs/latency.md): above ``aim * target`` the full slope pushes latency down; below
+    it a slope ``under`` times as steep pulls gently up, so a net far under the budget spends it on
+    accuracy (MnasNet's soft constraint) while the hard side stays steep. ``under = 0`` is the pure
+    hinge (MnasNet's hard constraint), ``under = 1, aim = 1`` TuNAS's absolute reward. The budget
+    itself (measured p50 <= target) is enforced after the search by ``latency.budget`` (measure, repair).
     """
     if target <= 0:
         raise LatencyTargetError(f"latency target {target!r} ms is not positive", "give a target in ms > 0")
-    return weight * (pred / target - 1).abs()
+    r = pred / target
+    return weight * (torch.relu(r - aim) + under * torch.relu(aim - r))
 
 
 def _cell_extreme(cost: torch.Tensor, keep: list[int], steps: int, largest: bool) -> float:
@@ -190,12 +191,23 @@ def check_target(target: float, costs: LatencyCosts) -> tuple[float, float]:
     return lo, hi
 
 
-def search_penalty(costs: LatencyCosts, target: float, weight: float, tau: float = 1.0):
-    """``penalty(model)`` for ``search(..., penalty=...)``: the straight-through latency against the target."""
-    check_target(target, costs)
+def search_penalty(costs: LatencyCosts, target: float, weight: float, tau: float = 1.0, derive=None,
+                   under: float = 0.25, aim: float = 0.95, check: bool = True):
+    """``penalty(model)`` for ``search(..., penalty=...)``: the straight-through latency against the target.
+
+    ``derive(model) -> Genotype`` is the derivation that will be deployed (e.g. with the P-DARTS skip
+    limit); its predicted latency is the penalty's value, so the search steers the genotype it ships.
+    None: plain DARTS derivation.
+    """
+    if check:
+        check_target(target, costs)
 
     def fn(model) -> torch.Tensor:
-        pred = straight_through(model.alphas_normal, model.alphas_reduce, costs, tau)
-        return penalty(pred, target, weight)
+        if derive is None:
+            pred = straight_through(model.alphas_normal, model.alphas_reduce, costs, tau)
+        else:
+            soft = expected_latency(model.alphas_normal, model.alphas_reduce, costs, tau)
+            pred = soft + (genotype_latency(derive(model), costs) - soft.detach())
+        return penalty(pred, target, weight, under, aim)
 
     return fn

@@ -212,13 +212,18 @@ def skeleton_network(spec: DeploySpec, inputs: list[int] | None = None, op: str 
     return net.eval(), n
 
 
+def example_input(spec: DeploySpec) -> torch.Tensor:
+    """The input every piece is exported and timed with (values do not change a CNN's latency)."""
+    return torch.randn(spec.batch, spec.in_channels, spec.H, spec.W, generator=torch.Generator().manual_seed(0))
+
+
 def ort_timer(threads: int = 1, opt_level: str = "all", provider: str = "CPUExecutionProvider",
-              warmup: int = 30, repeats: int = 300, min_time_s: float = 0.2) -> Timer:
-    """Export a module as ``deploy.export`` does (dynamo, one file) and time it with ``latency.measure``."""
+              warmup: int = 30, repeats: int = 300, min_time_s: float = 0.2, opset: int = 20) -> Timer:
+    """Export a module as ``deploy.export`` does (dynamo, one file, ``opset``) and time it with ``latency.measure``."""
 
     def run(net: nn.Module, spec: DeploySpec) -> LatencyStats:
-        x = torch.randn(spec.batch, spec.in_channels, spec.H, spec.W, generator=torch.Generator().manual_seed(0))
-        with exported(net, x, "nasdeploy-lut-") as path:
+        x = example_input(spec)
+        with exported(net, x, "nasdeploy-lut-", opset=opset) as path:
             sess = make_session(path, provider, threads, opt_level)
             name = sess.get_inputs()[0].name
             return measure(sess, {name: x.numpy()}, warmup=warmup, repeats=repeats, min_time_s=min_time_s)
@@ -242,6 +247,7 @@ class LatencyTable:
     fixed: dict[str, dict] = field(default_factory=dict)
     calibration: dict[str, dict] = field(default_factory=dict)
     path: Path | None = None
+    probes: dict[str, dict] = field(default_factory=dict)  # spec key -> probe name -> measured p50 (latency.budget)
 
     # ---- lookup
     def entry_ms(self, op: str, C: int, H: int, W: int, stride: int, batch: int) -> float:
@@ -267,6 +273,20 @@ class LatencyTable:
         if calibrate > have:
             todo.append(("calibration", calibrate - have))
         return todo
+
+    def entry_keys(self, spec: DeploySpec) -> list[str]:
+        """The table entries ``spec`` reads (every timed op of every shape class)."""
+        return [entry_key(op, *klass, spec.batch) for klass in spec.shape_classes() for op in spec.primitives
+                if not is_free(op, klass[3]) and entry_key(op, *klass, spec.batch) in self.entries]
+
+    def forget_untrusted(self, spec: DeploySpec) -> None:
+        """Drop negative entries, a non-positive fixed part and the calibration, so they are timed again."""
+        for k in self.entry_keys(spec):
+            if self.entries[k]["ms"] < 0:
+                del self.entries[k]
+        if spec.key() in self.fixed and self.fixed[spec.key()]["ms"] <= 0:
+            del self.fixed[spec.key()]
+        self.calibration.pop(spec.key(), None)
 
     def raw_ms(self, genotype: Genotype, spec: DeploySpec) -> float:
         """Fixed part + sum of in-context entries (uncalibrated)."""
@@ -322,14 +342,9 @@ class LatencyTable:
                     op, klass = what
                     bar.set_postfix_str(entry_key(op, *klass, spec.batch))
                     net, n = skeleton_network(spec, op=op, klass=klass)
-                    stats = timer(net, spec)
+                    self.entries[entry_key(op, *klass, spec.batch)] = entry_record(
+                        self.fixed[spec.key()], klass, n, timer(net, spec), spec)
                     timed += 1
-                    fx = self.fixed[spec.key()]
-                    base = fx["skeleton_ms"]
-                    # Replacing n placeholders by op: each stride-2 placeholder (a Slice) cost slice_ms.
-                    ms = (stats.p50_ms - base) / n + (fx["slice_ms"] if klass[3] == 2 else 0.0)
-                    self.entries[entry_key(op, *klass, spec.batch)] = {
-                        "ms": ms, "edges": n, "base_ms": base, "stats": stats.to_dict(), "spec": spec.key()}
                     bar.update(1)
                 else:
                     timed += self._calibrate(spec, timer, what, seed, bar)
@@ -340,27 +355,13 @@ class LatencyTable:
         return timed
 
     def _measure_fixed(self, spec: DeploySpec, timer: Timer) -> None:
-        ins_min, ins_max = _skeleton_inputs(spec.steps), _all_input_inputs(spec.steps)
-        s_min = timer(skeleton_network(spec, ins_min)[0], spec)
-        s_max = timer(skeleton_network(spec, ins_max)[0], spec)
-        n_red = sum(r for r, *_ in spec.cells())
-
-        def strided(inputs: list[int]) -> int:  # stride-2 edges of one reduction cell
-            return sum(edge_stride(True, j) == 2 for j in inputs)
-
-        d = n_red * (strided(ins_max) - strided(ins_min))
-        # Both skeletons differ only in how many stride-2 edges are Slices; clamp noise at 0.
-        slice_ms = max(0.0, (s_max.p50_ms - s_min.p50_ms) / d) if d else 0.0
-        n_slices = n_red * strided(ins_min)
-        self.fixed[spec.key()] = {
-            "ms": s_min.p50_ms - n_slices * slice_ms, "skeleton_ms": s_min.p50_ms, "slice_ms": slice_ms,
-            "stats": s_min.to_dict(), "stats_all_inputs": s_max.to_dict(), "spec": asdict(spec)}
+        s_min = timer(skeleton_network(spec, _skeleton_inputs(spec.steps))[0], spec)
+        s_max = timer(skeleton_network(spec, _all_input_inputs(spec.steps))[0], spec)
+        self.fixed[spec.key()] = fixed_record(spec, s_min, s_max)
 
     def _calibrate(self, spec: DeploySpec, timer: Timer, n: int, seed: int, bar) -> int:
         cal = self.calibration.setdefault(spec.key(), {"networks": []})
-        rng = random.Random(f"calibration-{seed}-{len(cal['networks'])}")
-        for _ in range(n):
-            g = random_genotype(rng, spec.steps, spec.multiplier, spec.primitives)
+        for g in calibration_genotypes(spec, n, seed, len(cal["networks"])):
             stats = timer(deploy_network(g, spec), spec)
             cal["networks"].append({"genotype": g.to_dict(), "raw_ms": self.raw_ms(g, spec), "p50_ms": stats.p50_ms})
             bar.update(1)
@@ -370,7 +371,7 @@ class LatencyTable:
     # ---- files
     def to_dict(self) -> dict:
         return {"format": TABLE_FORMAT, "fingerprint": self.fingerprint, "entries": self.entries,
-                "fixed": self.fixed, "calibration": self.calibration}
+                "fixed": self.fixed, "calibration": self.calibration, "probes": self.probes}
 
     def save(self, path: str | os.PathLike) -> Path:
         from ..artifacts import ensure_dir, write_json
@@ -393,7 +394,76 @@ class LatencyTable:
                                ) from None
         if not isinstance(d, dict) or d.get("format") != TABLE_FORMAT:
             raise ProfileError(f"{p} is not a {TABLE_FORMAT} file", "delete it and re-run `nasdeploy latency-table`")
-        return cls(d["fingerprint"], d.get("entries", {}), d.get("fixed", {}), d.get("calibration", {}), p)
+        if "timings" in d:  # written by the latency kit's runner: raw timings of the kit's pieces
+            return cls.from_timings(d, p)
+        return cls(d["fingerprint"], d.get("entries", {}), d.get("fixed", {}), d.get("calibration", {}), p,
+                   d.get("probes", {}))
+
+    @classmethod
+    def from_timings(cls, d: dict, path: Path | None = None) -> LatencyTable:
+        """A table from the kit runner's output: the same records ``measure_missing`` makes, from its timings."""
+        try:
+            spec = DeploySpec(**{**d["spec"], "primitives": tuple(d["spec"]["primitives"])})
+            by_kind: dict[str, list] = {}
+            for piece in d["timings"]:
+                by_kind.setdefault(piece["kind"], []).append(piece)
+            table = cls(d["fingerprint"], path=path)
+            skel = {pc["name"]: LatencyStats.from_dict(pc["stats"]) for pc in by_kind.get("skeleton", [])}
+            table.fixed[spec.key()] = fixed_record(spec, skel["skeleton"], skel["skeleton_all_inputs"])
+            for pc in by_kind.get("entry", []):
+                table.entries[entry_key(pc["op"], *pc["klass"], spec.batch)] = entry_record(
+                    table.fixed[spec.key()], tuple(pc["klass"]), pc["edges"], LatencyStats.from_dict(pc["stats"]),
+                    spec)
+            nets = [{"genotype": pc["genotype"], "raw_ms": table.raw_ms(Genotype.from_dict(pc["genotype"]), spec),
+                     "p50_ms": pc["stats"]["p50_ms"]} for pc in by_kind.get("calibration", [])]
+            if nets:
+                table.calibration[spec.key()] = fit_calibration(nets)
+            table.probes[spec.key()] = {pc["name"]: {"side": pc["side"], "genotype": pc["genotype"],
+                                                     "p50_ms": pc["stats"]["p50_ms"], "stats": pc["stats"],
+                                                     "load_avg": d.get("load_avg")} for pc in by_kind.get("probe", [])}
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProfileError(f"{path} is not a complete latency-kit result ({type(e).__name__}: {e})",
+                               "run the kit's runner to the end again") from None
+        return table
+
+    def spec_mismatch(self, spec: DeploySpec) -> str | None:
+        """Which deployment field differs when the table holds no record of ``spec`` (None: it holds one)."""
+        if spec.key() in self.fixed or not self.fixed:
+            return None
+        want = asdict(spec)
+        for other in (fx.get("spec") for fx in self.fixed.values()):
+            if not isinstance(other, dict):
+                continue
+            for k, v in want.items():
+                theirs = tuple(other[k]) if isinstance(other.get(k), list) else other.get(k)
+                if theirs != v:
+                    return f"{k} = {theirs!r} there, {v!r} here"
+        return f"it holds {', '.join(self.fixed)}, not {spec.key()}"
+
+    @classmethod
+    def open(cls, spec: DeploySpec, path: str | os.PathLike | None = None, *, threads: int = 1,
+             opt_level: str = "all", provider: str = "CPUExecutionProvider") -> tuple[LatencyTable, bool]:
+        """(table, local): this machine's table (local, may be extended), or the given file of another machine.
+
+        A file given by path whose fingerprint is not this machine's (e.g. the latency kit's result from the
+        serving machine) is used as it is, whatever its CPU or thread count — refused only when it describes
+        another deployment, naming the differing field.
+        """
+        fp = machine_fingerprint(threads, opt_level, provider)
+        p = Path(path) if path is not None else default_table_path(fp)
+        if not p.exists():
+            return cls(fp, path=p), True
+        table = cls.load(p)
+        if table.fingerprint.get("id") == fp["id"]:
+            return table, True
+        if path is None:  # the default path is named by this fingerprint: another one inside is corrupt
+            raise ProfileError(f"latency table {p} holds fingerprint {table.fingerprint.get('id')}, not {fp['id']}",
+                               "delete the file")
+        why = table.spec_mismatch(spec)
+        if why is not None:
+            raise ProfileError(f"latency table {p} describes another deployment ({why})",
+                               "build the kit with the deployment settings of this search (`nasdeploy latency-kit`)")
+        return table, False
 
     @classmethod
     def load_or_measure(
@@ -426,21 +496,44 @@ class LatencyTable:
             >>> table = LatencyTable.load_or_measure(spec, threads=1)  # doctest: +SKIP
             >>> table.predict_ms(GENOTYPES["DARTS_V2"], spec)  # doctest: +SKIP
         """
-        fp = machine_fingerprint(threads, opt_level, provider)
-        p = Path(path) if path is not None else default_table_path(fp)
-        if p.exists():
-            table = cls.load(p)
-            if table.fingerprint.get("id") != fp["id"]:
-                raise ProfileError(
-                    f"latency table {p} was measured under fingerprint {table.fingerprint.get('id')} "
-                    f"({table.fingerprint.get('threads')} threads, {table.fingerprint.get('opt_level')}), "
-                    f"this run is {fp['id']} ({threads} threads, {opt_level})",
-                    "use the default path (one file per fingerprint) or delete the file")
-        else:
-            table = cls(fp, path=p)
-        if table.missing(spec, calibrate):
+        table, local = cls.open(spec, path, threads=threads, opt_level=opt_level, provider=provider)
+        if table.missing(spec, calibrate if local else 0):
+            if not local:
+                raise ProfileError(f"latency table {table.path} (another machine's) lacks "
+                                   f"{table.missing(spec, 0)[0]} for {spec.key()}",
+                                   "run the latency kit of this deployment on that machine again")
             table.measure_missing(spec, timer or ort_timer(threads, opt_level, provider), calibrate, progress)
         return table
+
+
+def fixed_record(spec: DeploySpec, s_min: LatencyStats, s_max: LatencyStats) -> dict:
+    """The fixed part from the two skeletons (fewest and most stride-2 Slice placeholders)."""
+    n_red = sum(r for r, *_ in spec.cells())
+
+    def strided(inputs: list[int]) -> int:  # stride-2 edges of one reduction cell
+        return sum(edge_stride(True, j) == 2 for j in inputs)
+
+    ins_min, ins_max = _skeleton_inputs(spec.steps), _all_input_inputs(spec.steps)
+    d = n_red * (strided(ins_max) - strided(ins_min))
+    # Both skeletons differ only in how many stride-2 edges are Slices; clamp noise at 0.
+    slice_ms = max(0.0, (s_max.p50_ms - s_min.p50_ms) / d) if d else 0.0
+    n_slices = n_red * strided(ins_min)
+    return {"ms": s_min.p50_ms - n_slices * slice_ms, "skeleton_ms": s_min.p50_ms, "slice_ms": slice_ms,
+            "stats": s_min.to_dict(), "stats_all_inputs": s_max.to_dict(), "spec": asdict(spec)}
+
+
+def entry_record(fx: dict, klass: tuple[int, int, int, int], n: int, stats: LatencyStats, spec: DeploySpec) -> dict:
+    """An entry from the skeleton with ``n`` edges of ``klass`` set to the op: its marginal cost per edge."""
+    base = fx["skeleton_ms"]
+    # Replacing n placeholders by op: each stride-2 placeholder (a Slice) cost slice_ms.
+    ms = (stats.p50_ms - base) / n + (fx["slice_ms"] if klass[3] == 2 else 0.0)
+    return {"ms": ms, "edges": n, "base_ms": base, "stats": stats.to_dict(), "spec": spec.key()}
+
+
+def calibration_genotypes(spec: DeploySpec, n: int, seed: int = 0, start: int = 0) -> list[Genotype]:
+    """The random whole networks of the calibration (the same ones for a local table and the kit)."""
+    rng = random.Random(f"calibration-{seed}-{start}")
+    return [random_genotype(rng, spec.steps, spec.multiplier, spec.primitives) for _ in range(n)]
 
 
 def fit_calibration(networks: list[dict]) -> dict:
@@ -456,17 +549,3 @@ def fit_calibration(networks: list[dict]) -> dict:
     return {"offset_ms": float(offset), "scale": float(scale), "networks": networks,
             "fit_median_abs_pct": float(100 * np.median(err)) if len(err) else None}
 
-
-def costs_for_search(search_cfg, deploy_cfg, input_shape: Sequence[int], num_classes: int, progress: bool = True):
-    """The calibrated :class:`~nasdeploy.latency.model.LatencyCosts` a latency-constrained search steers by.
-
-    ``deploy_cfg`` is the TrainConfig of the network that will be served (None: TrainConfig's defaults);
-    its table is read from ``search_cfg.latency_table`` (or the per-fingerprint cache), timing what is missing.
-    """
-    from ..config import TrainConfig
-
-    spec = DeploySpec.from_configs(search_cfg, deploy_cfg or TrainConfig(), input_shape, num_classes)
-    table = LatencyTable.load_or_measure(
-        spec, search_cfg.latency_table, threads=search_cfg.latency_threads, opt_level=search_cfg.latency_opt_level,
-        calibrate=search_cfg.latency_calibration, progress=progress)
-    return table.costs(spec)

@@ -130,9 +130,11 @@ def search(
         penalty: extra architecture loss (alpha only), e.g. the latency term.
         log: called with each epoch's metrics record.
         deploy: the served network's TrainConfig (C, layers, stem), for ``cfg.latency_target``;
-            None: TrainConfig's defaults. With a target and no ``penalty``, the latency table of
-            that network is loaded (or timed), a target outside its range is refused, the penalty
-            is ``latency.model.search_penalty`` and each epoch logs ``predicted_latency_ms``.
+            None: the run's ``config.toml`` ``[train]``. With a target and no ``penalty``
+            (``latency.budget``): a budget outside the measured range is refused, the table is
+            loaded (or timed), the penalty is ``latency.model.search_penalty`` on the deployed
+            derivation, each epoch logs ``predicted_latency_ms``, and the final network is
+            measured, repaired while over the budget, and recorded in ``search/latency_budget.json``.
         stop: polled before every step; set by SIGINT/SIGTERM while ``search`` runs. When set, a
             mid-epoch checkpoint (data-order generators at the epoch start + the step index) is
             saved and ``distributed.Interrupted`` raised; ``resume=True`` continues bit-exactly.
@@ -167,13 +169,18 @@ def search(
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
                             weight_decay=cfg.w_weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, cfg.epochs, eta_min=cfg.w_lr_min)
-    latency_costs = None
+    latency_costs = budget = None
     if penalty is None and cfg.latency_target is not None:
+        from ..latency.budget import prepare
         from ..latency.model import search_penalty
-        from ..latency.table import costs_for_search
 
-        latency_costs = costs_for_search(cfg, deploy, data.spec.input_shape, data.spec.num_classes, progress)
-        penalty = search_penalty(latency_costs, cfg.latency_target, cfg.latency_weight)  # refuses impossible targets
+        # Measured probes first: an impossible budget is refused in seconds, before any table is built.
+        budget = prepare(cfg, deploy if deploy is not None else _run_train_config(run), data.spec.input_shape,
+                         data.spec.num_classes, progress)
+        latency_costs = budget.costs
+        # The penalty prices the genotype that will be deployed: derive() applies the skip limit.
+        penalty = search_penalty(latency_costs, cfg.latency_target, cfg.latency_weight, derive=lambda m: derive(m, cfg),
+                                 under=cfg.latency_under_weight, aim=1 - cfg.latency_margin, check=False)
     architect = Architect(model, cfg.a_lr, (cfg.a_beta1, cfg.a_beta2), cfg.a_weight_decay, cfg.order, penalty)
     g_w = torch.Generator().manual_seed(cfg.seed + 1)
     g_a = torch.Generator().manual_seed(cfg.seed + 2)
@@ -320,10 +327,26 @@ def search(
             break  # the wall-time budget ends the search at an epoch boundary, on every rank alike
     bar.close()
     genotype = derive(model, cfg)
+    if budget is not None and ctx.is_main:  # measured against the budget, repaired while over it
+        from ..space.cell import derivation_weights
+
+        genotype, _ = budget.verify(genotype, (derivation_weights(model.alphas_normal),
+                                               derivation_weights(model.alphas_reduce)), cfg.skip_limit)
+        budget.save(run.search / "latency_budget.json")
     if ctx.is_main:
         genotype.save(run.genotype)
     return SearchResult(genotype, metrics, metrics[-1]["val_acc"] if metrics else float("nan"),
                         time.perf_counter() - t_start, run.root)
+
+
+def _run_train_config(run: RunDir) -> TrainConfig:
+    """The served network of a budgeted search called without ``deploy``: the run's ``[train]``."""
+    from ..config import load_config_file
+
+    if not run.config.is_file():
+        raise ConfigError(f"a latency target needs the deployed network's C/layers, and {run.config} does not exist",
+                          "pass deploy=TrainConfig(C=..., layers=...) or use nasdeploy.search (the run's [train])")
+    return load_config_file(run.config).train
 
 
 def supernet_mismatch(ck: dict, cfg: SearchConfig) -> str | None:

@@ -48,6 +48,14 @@ def alpha_signal(run: RunDir, final: Genotype, last: int = 3) -> dict:
             "agreement_last_epochs": agree, "stable": bool(agree) and min(agree) == 1.0}
 
 
+def _budget_record(run: RunDir) -> dict:
+    """``{"latency": ...}``: the budget verification ``darts.search`` wrote (empty without a budget)."""
+    from ..artifacts import read_json
+
+    path = run.search / "latency_budget.json"
+    return {"latency": read_json(path, "latency budget record")} if path.is_file() else {}
+
+
 def run_strategy(cfg: SearchConfig, data: Dataset, out: str | Path, pictures: bool = True, **options):
     """Run the search ``cfg.strategy`` names and write the search artifacts and pictures under ``out/search``.
 
@@ -80,7 +88,8 @@ def run_strategy(cfg: SearchConfig, data: Dataset, out: str | Path, pictures: bo
             write_json(RunDir(out).search / "summary.json", {
                 "strategy": "darts", "val_acc": res.val_acc, "seconds": res.seconds, "epochs": len(res.metrics),
                 "stopped_by": "max_seconds" if len(res.metrics) < cfg.epochs else "budget",
-                "genotype": res.genotype.to_dict(), "signal": alpha_signal(RunDir(out), res.genotype)})
+                "genotype": res.genotype.to_dict(), "signal": alpha_signal(RunDir(out), res.genotype),
+                **_budget_record(RunDir(out))})
     else:
         if options.pop("penalty", None) is not None or cfg.latency_target is not None:
             raise ConfigError(f"a latency target needs the differentiable strategy, not {cfg.strategy!r}",

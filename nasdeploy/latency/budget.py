@@ -1,0 +1,297 @@
+"""The latency budget of a search: refuse early, steer, verify by measurement, repair.
+
+``--latency-target T`` means: the exported network's measured ONNX Runtime p50 (batch,
+threads, opt level, provider as configured) is at most ``T`` ms. This module holds the
+parts of that promise that are not alpha arithmetic (``latency.model``):
+
+1. :func:`prepare` measures the fastest and slowest *probe* networks first (seconds, even on
+   an empty cache) and refuses a budget outside their measured range before any table is
+   built; then builds (or reads) the table, refuses a table it cannot trust
+   (:func:`check_table`) and checks the budget against the predicted range too.
+2. :meth:`Budget.verify` exports the genotype that will be deployed and measures it with
+   ``latency.measure`` (the loop ``profile`` uses); while it is over ``T`` it repairs the
+   genotype by :func:`repair_step` (the kept op whose loss of alpha strength per predicted
+   ms saved is smallest is replaced by a cheaper op on the same edge) and measures again,
+   a bounded number of rounds. The record goes to ``search/latency_budget.json``.
+
+A table from another machine (the latency kit's, ``latency.kit``) is steered by but not
+verified here: this machine is not the one that serves; the verdict says so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import LatencyTargetError, ProfileError
+from ..space.cell import alpha_rows, concat_nodes
+from ..space.genotype import Genotype
+from ..space.primitives import PARAMETER_FREE, candidate_ops
+from .model import LatencyCosts, achievable_range, genotype_latency
+from .table import DeploySpec, LatencyTable, Timer, deploy_network, ort_timer
+
+MAX_ROUNDS = 6  # measure → repair rounds before giving up
+AIM = 0.98  # a repair aims this far under the budget so that one more measurement lands inside
+MAX_CAL_ERR_PCT = 10.0  # calibration fits worse than this (median abs % over its networks) are not trusted
+SCALE_RANGE = (0.5, 2.0)  # a calibrated scale outside this says the table and whole networks disagree
+
+
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _busy() -> str:
+    la = load_avg()
+    return (f"load average {la[0]:.2f}, {la[1]:.2f}, {la[2]:.2f} on {os.cpu_count()} cores"
+            + (" (a busy machine)" if la[0] > (os.cpu_count() or 1) * 0.75 else ""))
+
+
+# ------------------------------------------------------------------ probes: the measured range
+
+
+def _fewest_strided(steps: int) -> list[int]:
+    """Inputs with the fewest stride-2 edges (reduction cell): node 2 reads 0, 1; node 3 reads 2, 1; then i-1, i-2."""
+    ins = [0, 1]
+    for i in range(1, steps):
+        node = 2 + i
+        ins += [node - 1, 1 if i == 1 else node - 2]
+    return ins
+
+
+def probe_genotypes(spec: DeploySpec) -> dict[str, dict[str, Genotype]]:
+    """Networks at the ends of the space: ``{"fast": {name: g}, "slow": {name: g}}``.
+
+    Fast: every normal edge a skip (an Identity), the reduction cell's edges one parameter-free
+    op, on the topology with the fewest strided edges. Slow: one convolution on every edge of
+    both cells, every node reading both cell inputs (the most strided edges).
+    """
+    ops = candidate_ops(spec.primitives)
+    concat = concat_nodes(spec.steps, spec.multiplier)
+    few, many = _fewest_strided(spec.steps), [0, 1] * spec.steps
+    free = [o for o in ops if o in PARAMETER_FREE] or list(ops)
+    normal_op = "skip_connect" if "skip_connect" in ops else free[0]
+    fast = {f"normal {normal_op}, reduce {o}": Genotype(tuple((normal_op, j) for j in few), concat,
+                                                        tuple((o, j) for j in few), concat) for o in free}
+    convs = [o for o in ops if o not in PARAMETER_FREE] or list(ops)
+    slow = {f"all {o}": Genotype(tuple((o, j) for j in many), concat, tuple((o, j) for j in many), concat)
+            for o in convs}
+    return {"fast": fast, "slow": slow}
+
+
+def measured_range(table: LatencyTable, spec: DeploySpec, timer: Timer | None, progress: bool = False
+                   ) -> tuple[float, float, dict]:
+    """(fastest, slowest) measured p50 of the probe networks; measures the ones the table lacks (timer None: none)."""
+    probes = table.probes.setdefault(spec.key(), {})
+    todo = [(side, name, g) for side, gs in probe_genotypes(spec).items() for name, g in gs.items()
+            if name not in probes]
+    if todo and timer is None:
+        raise ProfileError(f"latency table {table.path} has no probe networks for {spec.key()}",
+                           "run the latency kit's runner on the serving machine again (it times them first)")
+    for side, name, g in todo:
+        stats = timer(deploy_network(g, spec), spec)
+        probes[name] = {"side": side, "genotype": g.to_dict(), "p50_ms": stats.p50_ms, "stats": stats.to_dict(),
+                        "load_avg": load_avg()}
+        if progress:
+            print(f"probe {name}: {stats.p50_ms:.4f} ms", flush=True)
+    if todo and table.path is not None:
+        table.save(table.path)
+    fast = min(p["p50_ms"] for p in probes.values() if p["side"] == "fast")
+    slow = max(p["p50_ms"] for p in probes.values() if p["side"] == "slow")
+    return fast, slow, probes
+
+
+def check_budget(target: float, lo: float, hi: float, what: str) -> None:
+    """Refuse a budget outside ``[lo, hi]`` (``what`` says how the range was obtained)."""
+    if target is None or not target > 0:
+        raise LatencyTargetError(f"latency target {target!r} ms is not positive",
+                                 f"give a budget in ms between {lo:.4g} and {hi:.4g}")
+    if target < lo:
+        raise LatencyTargetError(
+            f"latency budget {target:.4g} ms is below the fastest derivable network ({what}: {lo:.4g}–{hi:.4g} ms, "
+            f"{_busy()})", f"choose a budget between {lo:.4g} and {hi:.4g} ms, or fewer channels/cells")
+    if target > hi:
+        raise LatencyTargetError(
+            f"latency budget {target:.4g} ms is above the slowest derivable network ({what}: {lo:.4g}–{hi:.4g} ms): "
+            "every network fits", f"drop --latency-target, or choose a budget between {lo:.4g} and {hi:.4g} ms")
+
+
+# ------------------------------------------------------------------ trusting a table
+
+
+def table_problems(table: LatencyTable, spec: DeploySpec) -> list[str]:
+    """Why the table's numbers for ``spec`` cannot be used (empty: they can)."""
+    out = []
+    neg = [k for k in table.entry_keys(spec) if table.entries[k]["ms"] < 0]
+    if neg:
+        out.append(f"{len(neg)} negative per-op costs ({', '.join(neg[:3])}{', ...' if len(neg) > 3 else ''})")
+    fx = table.fixed.get(spec.key())
+    if fx is not None and fx["ms"] <= 0:
+        out.append(f"a non-positive fixed part ({fx['ms']:.4g} ms)")
+    cal = table.calibration.get(spec.key(), {})
+    err, scale = cal.get("fit_median_abs_pct"), cal.get("scale")
+    if err is not None and err > MAX_CAL_ERR_PCT:
+        out.append(f"a calibration fit {err:.1f}% off its own networks (> {MAX_CAL_ERR_PCT:g}%)")
+    if scale is not None and not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
+        out.append(f"a calibration scale {scale:.3f} outside {SCALE_RANGE[0]}–{SCALE_RANGE[1]}")
+    return out
+
+
+def check_table(table: LatencyTable, spec: DeploySpec, timer: Timer | None, calibrate: int, progress: bool = True,
+                retries: int = 2) -> None:
+    """Re-measure the untrusted parts of a local table (``retries`` times); fail naming the reason otherwise."""
+    for _ in range(retries if timer is not None else 0):
+        if not table_problems(table, spec):
+            return
+        table.forget_untrusted(spec)
+        table.measure_missing(spec, timer, calibrate, progress)
+    problems = table_problems(table, spec)
+    if problems:
+        where = "measured here" if timer is not None else f"measured on {table.fingerprint.get('cpu')}"
+        raise ProfileError(f"latency table {table.path} ({where}) has {'; '.join(problems)} — {_busy()}",
+                           "re-measure on a quieter machine (delete the table, or re-run the kit's runner)")
+
+
+# ------------------------------------------------------------------ repair
+
+
+def repair_step(genotype: Genotype, costs: LatencyCosts, weights: Sequence[torch.Tensor] | None = None,
+                skip_limit: int | None = None) -> tuple[Genotype, dict] | None:
+    """Replace the one kept op whose alpha strength lost per predicted ms saved is smallest by a cheaper op.
+
+    ``weights``: ``softmax(alpha)`` of (normal, reduce) (``space.cell.derivation_weights``); None:
+    every op equally strong (the largest saving goes first). Returns None when no op can get cheaper.
+    """
+    col = {p: i for i, p in enumerate(costs.primitives)}
+    ops = candidate_ops(costs.primitives)
+    best = None
+    for reduction, edges, cost in ((False, genotype.normal, costs.normal), (True, genotype.reduce, costs.reduce)):
+        w = None if weights is None else weights[int(reduction)]
+        skips = sum(op == "skip_connect" for op, _ in edges)
+        for k, (r, (op, j)) in enumerate(zip(alpha_rows(edges), edges)):
+            for alt in ops:
+                saved = float(cost[r, col[op]] - cost[r, col[alt]])
+                if alt == op or saved <= 0:
+                    continue
+                if not reduction and alt == "skip_connect" and skip_limit is not None and skips >= skip_limit:
+                    continue
+                lost = 0.0 if w is None else max(0.0, float(w[r, col[op]] - w[r, col[alt]]))
+                key = (lost / saved, -saved)
+                if best is None or key < best[0]:
+                    best = (key, reduction, k, alt, {"cell": "reduce" if reduction else "normal", "node": 2 + k // 2,
+                                                     "input": j, "from": op, "to": alt, "ms_saved": saved,
+                                                     "strength_lost": lost})
+    if best is None:
+        return None
+    _, reduction, k, alt, change = best
+    edges = list(genotype.reduce if reduction else genotype.normal)
+    edges[k] = (alt, edges[k][1])
+    if reduction:
+        return Genotype(genotype.normal, genotype.normal_concat, tuple(edges), genotype.reduce_concat), change
+    return Genotype(tuple(edges), genotype.normal_concat, genotype.reduce, genotype.reduce_concat), change
+
+
+# ------------------------------------------------------------------ the budget of one search
+
+
+@dataclass
+class Budget:
+    """What a budgeted search steers by and checks against: the table, its costs and how to measure here."""
+
+    target: float
+    spec: DeploySpec
+    table: LatencyTable
+    costs: LatencyCosts
+    timer: Timer | None  # None: the table is another machine's; nothing is measured here
+    settings: dict
+    range_measured: tuple[float, float] | None = None
+    range_predicted: tuple[float, float] | None = None
+    record: dict = field(default_factory=dict)
+
+    def predict(self, genotype: Genotype) -> float:
+        return genotype_latency(genotype, self.costs)
+
+    def verify(self, genotype: Genotype, weights: Sequence[torch.Tensor] | None = None,
+               skip_limit: int | None = None, max_rounds: int = MAX_ROUNDS) -> tuple[Genotype, dict]:
+        """Measure the deployed network; repair and re-measure while it is over the budget.
+
+        Returns the genotype to deploy and the record (predicted, measured, repairs, verdict).
+
+        Raises:
+            LatencyTargetError: still over the budget after ``max_rounds``, or no op left to make cheaper.
+        """
+        rec = {"target_ms": self.target, **self.settings, "spec": self.spec.key(),
+               "fingerprint": self.table.fingerprint.get("id"), "table": str(self.table.path),
+               "range_measured_ms": self.range_measured, "range_predicted_ms": self.range_predicted,
+               "predicted_ms": self.predict(genotype), "repairs": [], "rounds": []}
+        if self.timer is None:  # another machine's table: steer by it, verify there
+            rec.update(verdict="predicted-only", within_budget=None, deployed_predicted_ms=rec["predicted_ms"],
+                       note=f"the table was measured on {self.table.fingerprint.get('cpu')} "
+                            f"({self.table.fingerprint.get('threads')} threads); measure the export there")
+            self.record = rec
+            return genotype, rec
+        for _ in range(max_rounds):
+            pred = self.predict(genotype)
+            p50 = self.timer(deploy_network(genotype, self.spec), self.spec).p50_ms
+            rec["rounds"].append({"predicted_ms": pred, "measured_p50_ms": p50, "load_avg": load_avg(),
+                                  "genotype": genotype.to_dict()})
+            if p50 <= self.target:
+                rec.update(verdict="within", within_budget=True, measured_p50_ms=p50, deployed_predicted_ms=pred,
+                           under_pct=100 * (1 - p50 / self.target))
+                self.record = rec
+                return genotype, rec
+            scale = p50 / pred  # what this machine does now relative to the table
+            while self.predict(genotype) * scale > AIM * self.target:
+                step = repair_step(genotype, self.costs, weights, skip_limit)
+                if step is None:
+                    raise LatencyTargetError(
+                        f"the deployed network measures {p50:.4g} ms > budget {self.target:.4g} ms and no kept op can "
+                        f"get cheaper ({_busy()})", "raise the budget, or re-measure on a quieter machine")
+                genotype, change = step
+                rec["repairs"].append(change)
+        raise LatencyTargetError(
+            f"the deployed network still measures {rec['rounds'][-1]['measured_p50_ms']:.4g} ms > budget "
+            f"{self.target:.4g} ms after {max_rounds} measure-and-repair rounds ({_busy()})",
+            "raise the budget, or re-measure on a quieter machine")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from ..artifacts import write_json
+
+        return write_json(Path(path), self.record)
+
+
+def prepare(search_cfg, deploy_cfg, input_shape: Sequence[int], num_classes: int, progress: bool = True,
+            profile_cfg=None) -> Budget:
+    """The :class:`Budget` of a search: probes first (refusing an impossible budget), then the trusted table.
+
+    ``deploy_cfg`` is the TrainConfig of the served network; ``profile_cfg`` (ProfileConfig) the
+    warm-up/repeats of the measurements (``profile``'s defaults when None).
+    """
+    from ..config import ProfileConfig
+
+    s = search_cfg
+    spec = DeploySpec.from_configs(s, deploy_cfg, input_shape, num_classes)
+    table, local = LatencyTable.open(spec, s.latency_table, threads=s.latency_threads, opt_level=s.latency_opt_level)
+    p = profile_cfg or ProfileConfig()
+    timer = ort_timer(s.latency_threads, s.latency_opt_level, p.provider, warmup=max(p.warmup, 30),
+                      repeats=max(p.repeats, 300), min_time_s=max(p.min_time_s, 0.2),
+                      opset=getattr(deploy_cfg, "opset", None) or 20) if local else None
+    lo, hi, _ = measured_range(table, spec, timer, progress)
+    fp = table.fingerprint
+    check_budget(s.latency_target, lo, hi, "measured p50 of its fastest and slowest probe networks"
+                 + ("" if local else f" on {fp.get('cpu')}"))
+    if local and table.missing(spec, s.latency_calibration):
+        table.measure_missing(spec, timer, s.latency_calibration, progress)
+    elif table.missing(spec, 0):
+        raise ProfileError(f"latency table {table.path} lacks {table.missing(spec, 0)[0]} for {spec.key()}",
+                           "build the kit for this deployment (`nasdeploy latency-kit`) and run it again")
+    check_table(table, spec, timer, s.latency_calibration, progress)
+    costs = table.costs(spec)
+    plo, phi = achievable_range(costs)
+    settings = {"batch": spec.batch, "threads": fp.get("threads"), "opt_level": fp.get("opt_level"),
+                "provider": fp.get("provider"), "cpu": fp.get("cpu")}
+    return Budget(s.latency_target, spec, table, costs, timer, settings, (lo, hi), (plo, phi))
+
