@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
+#include <tuple>
 #include <vector>
 
 #include "mixed_op.h"
@@ -32,47 +33,72 @@ T* mp(Ptr p) {
 
 struct Mixed {
   MixedArgs args;
-  std::vector<int> codes;
+  std::vector<int> codes, fixed;
   std::vector<double> eps;
   std::vector<const void*> ext;
 };
 
 Mixed make_mixed(const std::vector<int>& shape, int stride, const std::vector<int>& codes,
-                 const std::vector<double>& eps, const std::vector<Ptr>& ext) {
-  Mixed m{{}, codes, eps, {}};
+                 const std::vector<int>& fixed, const std::vector<double>& eps, const std::vector<Ptr>& ext) {
+  Mixed m{{}, codes, fixed, eps, {}};
   for (Ptr p : ext) m.ext.push_back(reinterpret_cast<const void*>(p));
   m.args = MixedArgs{shape.at(0), shape.at(1), shape.at(2), shape.at(3), stride, int(codes.size()),
-                     m.codes.data(), m.eps.data(), m.ext.data()};
+                     m.codes.data(), m.fixed.data(), m.eps.data(), m.ext.data()};
   return m;
 }
 
-void mixed_forward(Ptr x, const std::vector<int>& shape, int stride, const std::vector<int>& codes,
-                   const std::vector<double>& eps, const std::vector<Ptr>& ext, Ptr w, Ptr out, Ptr mean, Ptr var,
-                   bool dbl, Ptr ctx) {
-  const Mixed m = make_mixed(shape, stride, codes, eps, ext);
-  if (dbl)
-    nasdeploy::mixed_forward<double>(m.args, cp<double>(x), cp<double>(w), mp<double>(out), mp<double>(mean),
-                                     mp<double>(var), ctx);
-  else
-    nasdeploy::mixed_forward<float>(m.args, cp<float>(x), cp<float>(w), mp<float>(out), mp<float>(mean),
-                                    mp<float>(var), ctx);
+// The candidates of one edge: (N, C, H, W), stride, and per candidate code, fixed flag, eps, branch pointer.
+using Edge = std::tuple<std::vector<int>, int, std::vector<int>, std::vector<int>, std::vector<double>,
+                        std::vector<Ptr>>;
+
+Mixed make_mixed(const Edge& e) {
+  return make_mixed(std::get<0>(e), std::get<1>(e), std::get<2>(e), std::get<3>(e), std::get<4>(e), std::get<5>(e));
 }
 
-void mixed_backward(Ptr gout, Ptr x, const std::vector<int>& shape, int stride, const std::vector<int>& codes,
-                    const std::vector<double>& eps, const std::vector<Ptr>& ext, Ptr w, Ptr mean, Ptr var, Ptr gx,
-                    Ptr gw, const std::vector<Ptr>& gext, bool dbl, Ptr ctx) {
-  const Mixed m = make_mixed(shape, stride, codes, eps, ext);
-  if (dbl) {
-    std::vector<double*> ge;
-    for (Ptr p : gext) ge.push_back(mp<double>(p));
-    nasdeploy::mixed_backward<double>(m.args, cp<double>(gout), cp<double>(x), cp<double>(w), cp<double>(mean),
-                                      cp<double>(var), mp<double>(gx), mp<double>(gw), ge.data(), ctx);
-  } else {
-    std::vector<float*> ge;
-    for (Ptr p : gext) ge.push_back(mp<float>(p));
-    nasdeploy::mixed_backward<float>(m.args, cp<float>(gout), cp<float>(x), cp<float>(w), cp<float>(mean),
-                                     cp<float>(var), mp<float>(gx), mp<float>(gw), ge.data(), ctx);
-  }
+void mixed_stats(const Edge& e, Ptr x, Ptr sums, bool dbl, Ptr ctx) {
+  const Mixed m = make_mixed(e);
+  if (dbl)
+    nasdeploy::mixed_stats<double>(m.args, cp<double>(x), mp<double>(sums), ctx);
+  else
+    nasdeploy::mixed_stats<float>(m.args, cp<float>(x), mp<double>(sums), ctx);
+}
+
+void mixed_apply(const Edge& e, Ptr x, Ptr w, Ptr sums, Ptr mean, Ptr var, Ptr out, bool dbl, Ptr ctx) {
+  const Mixed m = make_mixed(e);
+  if (dbl)
+    nasdeploy::mixed_apply<double>(m.args, cp<double>(x), cp<double>(w), cp<double>(sums), mp<double>(mean),
+                                   mp<double>(var), mp<double>(out), ctx);
+  else
+    nasdeploy::mixed_apply<float>(m.args, cp<float>(x), cp<float>(w), cp<double>(sums), mp<float>(mean),
+                                  mp<float>(var), mp<float>(out), ctx);
+}
+
+void mixed_grad_stats(const Edge& e, Ptr g, Ptr x, Ptr mean, Ptr var, Ptr gsums, Ptr gw, bool dbl, Ptr ctx) {
+  const Mixed m = make_mixed(e);
+  if (dbl)
+    nasdeploy::mixed_grad_stats<double>(m.args, cp<double>(g), cp<double>(x), cp<double>(mean), cp<double>(var),
+                                        mp<double>(gsums), mp<double>(gw), ctx);
+  else
+    nasdeploy::mixed_grad_stats<float>(m.args, cp<float>(g), cp<float>(x), cp<float>(mean), cp<float>(var),
+                                       mp<double>(gsums), mp<float>(gw), ctx);
+}
+
+template <class T>
+void grad_apply(const Mixed& m, Ptr g, Ptr x, Ptr w, Ptr mean, Ptr var, Ptr gsums, Ptr count, Ptr gx,
+                const std::vector<Ptr>& gext, Ptr ctx) {
+  std::vector<T*> ge;
+  for (Ptr p : gext) ge.push_back(mp<T>(p));
+  nasdeploy::mixed_grad_apply<T>(m.args, cp<T>(g), cp<T>(x), cp<T>(w), cp<T>(mean), cp<T>(var), cp<double>(gsums),
+                                 cp<double>(count), mp<T>(gx), ge.data(), ctx);
+}
+
+void mixed_grad_apply(const Edge& e, Ptr g, Ptr x, Ptr w, Ptr mean, Ptr var, Ptr gsums, Ptr count, Ptr gx,
+                      const std::vector<Ptr>& gext, bool dbl, Ptr ctx) {
+  const Mixed m = make_mixed(e);
+  if (dbl)
+    grad_apply<double>(m, g, x, w, mean, var, gsums, count, gx, gext, ctx);
+  else
+    grad_apply<float>(m, g, x, w, mean, var, gsums, count, gx, gext, ctx);
 }
 
 SepArgs make_sep(const std::vector<int>& s, int prologue, double eps) {
@@ -122,8 +148,10 @@ PYBIND11_MODULE(_mixedop, m) {
 #endif
   m.doc() = "Fused DARTS mixed-op kernels (pointers and sizes in; see nasdeploy/ops/mixed_op.py).";
   py::call_guard<py::gil_scoped_release> nogil;
-  m.def("mixed_forward", &mixed_forward, nogil);
-  m.def("mixed_backward", &mixed_backward, nogil);
+  m.def("mixed_stats", &mixed_stats, nogil);
+  m.def("mixed_apply", &mixed_apply, nogil);
+  m.def("mixed_grad_stats", &mixed_grad_stats, nogil);
+  m.def("mixed_grad_apply", &mixed_grad_apply, nogil);
   m.def("sep_forward", &sep_forward, nogil);
   m.def("sep_backward", &sep_backward, nogil);
 }

@@ -88,6 +88,23 @@ void sums_d(const T* a, const T* b, int n, double* sa, double* sab) {
 
 bool has_bn(int code) { return code == kMaxPool || code == kAvgPool || code == kExtBN; }
 
+// A BN'd candidate normalized with this batch's statistics (not with given, running ones).
+bool batch_bn(const MixedArgs& a, int p) { return has_bn(a.codes[p]) && !a.fixed[p]; }
+
+// Whether some candidate is this pool (with batch statistics only, if batch_only).
+bool wants(const MixedArgs& a, int code, bool batch_only = false) {
+  for (int p = 0; p < a.P; ++p)
+    if (a.codes[p] == code && !(batch_only && a.fixed[p])) return true;
+  return false;
+}
+
+// sums = (count, then per candidate sum(y) (C), sum(y^2) (C)): see mixed_op.h.
+template <class T>
+void batch_moments(const double* sums, int p, int c, int C, T* mean, T* var) {
+  const double* s = sums + 1 + size_t(p) * 2 * C;
+  nasdeploy::batch_moments(s[c], s[C + c], sums[0], mean, var);
+}
+
 // torch's max rule (strictly greater, NaN wins) as one select, so loops vectorize.
 template <class T>
 inline bool beats(T v, T best) {
@@ -216,15 +233,16 @@ struct PoolScratch {
 }  // namespace
 
 template <class T>
-void mixed_forward(const MixedArgs& a, const T* x, const T* w, T* out, T* mean, T* var, std::uintptr_t ctx) {
+void mixed_stats(const MixedArgs& a, const T* x, double* sums, std::uintptr_t ctx) {
   const int threads = int(ctx), N = a.N, C = a.C, P = a.P;
   const int Ho = out_size(a.H, 3, a.stride, 1, 1), Wo = out_size(a.W, 3, a.stride, 1, 1), HWo = Ho * Wo;
-  bool want_max = false, want_avg = false;
-  for (int p = 0; p < P; ++p) {
-    want_max |= a.codes[p] == kMaxPool;
-    want_avg |= a.codes[p] == kAvgPool;
-  }
-  // Pass 1: batch statistics of every BN'd branch; pools are computed, summed, dropped.
+  const bool want_max = wants(a, kMaxPool, true), want_avg = wants(a, kAvgPool, true);
+  bool any = false;
+  for (int p = 0; p < P; ++p) any |= batch_bn(a, p);
+  std::fill(sums, sums + 1 + size_t(P) * 2 * C, 0.0);
+  sums[0] = double(N) * HWo;
+  if (!any) return;
+  // Per plane sums, reduced per channel in a fixed order (independent of the thread count).
   std::vector<double> s1(size_t(P) * N * C, 0.0), s2(size_t(P) * N * C, 0.0);
 #pragma omp parallel num_threads(threads)
   {
@@ -234,35 +252,43 @@ void mixed_forward(const MixedArgs& a, const T* x, const T* w, T* out, T* mean, 
       const T* xp = x + size_t(nc) * a.H * a.W;
       ps.run(xp, a.H, a.W, Ho, Wo, a.stride, want_max, want_avg);
       for (int p = 0; p < P; ++p) {
-        if (!has_bn(a.codes[p])) continue;
+        if (!batch_bn(a, p)) continue;
         const T* y = branch_plane(a, p, nc, HWo, xp, ps.mp.data(), ps.ap.data());
         sums_d<T>(y, nullptr, HWo, &s1[size_t(p) * N * C + nc], &s2[size_t(p) * N * C + nc]);
       }
     }
   }
+  for (int p = 0; p < P; ++p)
+    for (int c = 0; c < C; ++c)
+      for (int n = 0; n < N; ++n) {
+        sums[1 + (size_t(p) * 2) * C + c] += s1[size_t(p) * N * C + size_t(n) * C + c];
+        sums[1 + (size_t(p) * 2 + 1) * C + c] += s2[size_t(p) * N * C + size_t(n) * C + c];
+      }
+}
+
+template <class T>
+void mixed_apply(const MixedArgs& a, const T* x, const T* w, const double* sums, T* mean, T* var, T* out,
+                 std::uintptr_t ctx) {
+  const int threads = int(ctx), N = a.N, C = a.C, P = a.P;
+  const int Ho = out_size(a.H, 3, a.stride, 1, 1), Wo = out_size(a.W, 3, a.stride, 1, 1), HWo = Ho * Wo;
+  const bool want_max = wants(a, kMaxPool), want_avg = wants(a, kAvgPool);
   // Per channel: out = shift[c] + sum_p scale[p][c] * y_p, folding w_p and the BN.
-  const double M = double(N) * HWo;
   std::vector<T> scale(size_t(P) * C, T(0)), shift(C, T(0));
   for (int p = 0; p < P; ++p)
     for (int c = 0; c < C; ++c) {
-      T m = T(0), vv = T(0), sc = w[p];
+      const size_t k = size_t(p) * C + c;
+      T sc = w[p];
+      if (batch_bn(a, p)) batch_moments(sums, p, c, C, &mean[k], &var[k]);
       if (has_bn(a.codes[p])) {
-        double u = 0, v = 0;
-        for (int n = 0; n < N; ++n) {
-          u += s1[size_t(p) * N * C + size_t(n) * C + c];
-          v += s2[size_t(p) * N * C + size_t(n) * C + c];
-        }
-        m = T(u / M);
-        vv = T(std::max(v / M - (u / M) * (u / M), 0.0));
-        sc = w[p] * bn_invstd(vv, a.eps[p]);
-        shift[c] -= sc * m;
+        sc = w[p] * bn_invstd(var[k], a.eps[p]);
+        shift[c] -= sc * mean[k];
+      } else {
+        mean[k] = var[k] = T(0);
       }
       if (a.codes[p] == kNone) sc = T(0);
-      scale[size_t(p) * C + c] = sc;
-      mean[size_t(p) * C + c] = m;
-      var[size_t(p) * C + c] = vv;
+      scale[k] = sc;
     }
-  // Pass 2: recompute the pools and write the weighted sum once.
+  // Recompute the pools and write the weighted sum once.
 #pragma omp parallel num_threads(threads)
   {
     PoolScratch<T> ps(a.H, Wo, HWo);
@@ -284,16 +310,12 @@ void mixed_forward(const MixedArgs& a, const T* x, const T* w, T* out, T* mean, 
 }
 
 template <class T>
-void mixed_backward(const MixedArgs& a, const T* g, const T* x, const T* w, const T* mean, const T* var, T* gx,
-                    T* gw, T* const* gext, std::uintptr_t ctx) {
+void mixed_grad_stats(const MixedArgs& a, const T* g, const T* x, const T* mean, const T* var, double* gsums, T* gw,
+                      std::uintptr_t ctx) {
   const int threads = int(ctx), N = a.N, C = a.C, P = a.P, H = a.H, W = a.W, s = a.stride;
   const int Ho = out_size(H, 3, s, 1, 1), Wo = out_size(W, 3, s, 1, 1), HWo = Ho * Wo;
-  bool want_max = false, want_avg = false;
-  for (int p = 0; p < P; ++p) {
-    want_max |= a.codes[p] == kMaxPool;
-    want_avg |= a.codes[p] == kAvgPool;
-  }
-  // Pass 1: per plane sum(g) and sum(g * y_p), the pools recomputed instead of stored.
+  const bool want_max = wants(a, kMaxPool), want_avg = wants(a, kAvgPool);
+  // Per plane sum(g) and sum(g * y_p), the pools recomputed instead of stored.
   std::vector<double> sg(size_t(N) * C, 0.0), sgy(size_t(P) * N * C, 0.0);
 #pragma omp parallel num_threads(threads)
   {
@@ -310,35 +332,45 @@ void mixed_backward(const MixedArgs& a, const T* g, const T* x, const T* w, cons
       }
     }
   }
-  // Per channel: mean(g), mean(g * yhat_p); grad of w_p = sum(g * yhat_p).
-  const double M = double(N) * HWo;
-  std::vector<T> mg(C), mgy(size_t(P) * C, T(0)), istd(size_t(P) * C, T(1));
+  // gsums = (sum(g) per channel, then sum(g * yhat_p) per (p, c)); grad of w_p = sum over c.
   for (int c = 0; c < C; ++c) {
     double u = 0;
     for (int n = 0; n < N; ++n) u += sg[size_t(n) * C + c];
-    mg[c] = T(u / M);
+    gsums[c] = u;
   }
   for (int p = 0; p < P; ++p) {
     double total = 0;
     for (int c = 0; c < C; ++c) {
-      double v = 0, u = 0;
-      for (int n = 0; n < N; ++n) {
-        v += sgy[size_t(p) * N * C + size_t(n) * C + c];
-        u += sg[size_t(n) * C + c];
-      }
-      if (has_bn(a.codes[p])) {
-        const T is = bn_invstd(var[size_t(p) * C + c], a.eps[p]);
-        const double gyhat = double(is) * (v - double(mean[size_t(p) * C + c]) * u);  // sum(g * yhat)
-        istd[size_t(p) * C + c] = is;
-        mgy[size_t(p) * C + c] = T(gyhat / M);
-        total += gyhat;
-      } else {
-        total += v;
-      }
+      const size_t k = size_t(p) * C + c;
+      double v = 0;
+      for (int n = 0; n < N; ++n) v += sgy[size_t(p) * N * C + size_t(n) * C + c];
+      const double t = has_bn(a.codes[p]) ? grad_yhat_sum(v, gsums[c], mean[k], var[k], a.eps[p]) : v;
+      gsums[C + k] = t;
+      total += t;
     }
-    gw[p] = T(total);
+    gw[p] = a.codes[p] == kNone ? T(0) : T(total);
   }
-  // Pass 2: each branch's input gradient; pools scatter into their x plane.
+}
+
+template <class T>
+void mixed_grad_apply(const MixedArgs& a, const T* g, const T* x, const T* w, const T* mean, const T* var,
+                      const double* gsums, const double* count, T* gx, T* const* gext, std::uintptr_t ctx) {
+  const int threads = int(ctx), N = a.N, C = a.C, P = a.P, H = a.H, W = a.W, s = a.stride;
+  const int Ho = out_size(H, 3, s, 1, 1), Wo = out_size(W, 3, s, 1, 1), HWo = Ho * Wo;
+  const bool want_max = wants(a, kMaxPool), want_avg = wants(a, kAvgPool);
+  // Per (p, c): the BN backward's batch terms mean(dy), mean(dy * yhat) (zero with given statistics).
+  const double M = *count;
+  std::vector<T> mg(size_t(P) * C, T(0)), mgy(size_t(P) * C, T(0)), istd(size_t(P) * C, T(1));
+  for (int p = 0; p < P; ++p)
+    for (int c = 0; c < C; ++c) {
+      const size_t k = size_t(p) * C + c;
+      if (!has_bn(a.codes[p])) continue;
+      istd[k] = bn_invstd(var[k], a.eps[p]);
+      if (a.fixed[p]) continue;
+      mg[k] = T(w[p] * (gsums[c] / M));
+      mgy[k] = T(w[p] * (gsums[C + k] / M));
+    }
+  // Each branch's input gradient; pools scatter into their x plane.
 #pragma omp parallel num_threads(threads)
   {
     PoolScratch<T> ps(H, Wo, HWo);
@@ -365,8 +397,8 @@ void mixed_backward(const MixedArgs& a, const T* g, const T* x, const T* w, cons
           for (int i = 0; i < HWo; ++i) ge[i] = wp * gp[i];
           continue;
         }
-        const T m = mean[size_t(p) * C + c], is = istd[size_t(p) * C + c];
-        const T dmg = wp * mg[c], dmgy = wp * mgy[size_t(p) * C + c];
+        const size_t k = size_t(p) * C + c;
+        const T m = mean[k], is = istd[k], dmg = mg[k], dmgy = mgy[k];
         if (code == kExtBN) {
           const T* y = static_cast<const T*>(a.ext[p]) + size_t(nc) * HWo;
           T* ge = gext[p] + size_t(nc) * HWo;
@@ -608,13 +640,6 @@ void sep_backward(const SepArgs& a, const T* gy, const T* x, const T* wdw, const
   }
 }
 
-#define ND_INSTANTIATE(T)                                                                                         \
-  template void mixed_forward<T>(const MixedArgs&, const T*, const T*, T*, T*, T*, std::uintptr_t);             \
-  template void mixed_backward<T>(const MixedArgs&, const T*, const T*, const T*, const T*, const T*, T*, T*,   \
-                                  T* const*, std::uintptr_t);                                                   \
-  template void sep_forward<T>(const SepArgs&, const T*, const T*, const T*, T*, T*, T*, std::uintptr_t);       \
-  template void sep_backward<T>(const SepArgs&, const T*, const T*, const T*, const T*, const T*, const T*, T*, \
-                                T*, T*, std::uintptr_t);
 ND_INSTANTIATE(float)
 ND_INSTANTIATE(double)
 

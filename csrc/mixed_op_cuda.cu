@@ -17,18 +17,22 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kMaxP = 16;  // candidates per edge (the DARTS space has 8); checked in Python
 
+// Everything a kernel needs about the edge, passed by value (kernel parameters): no device
+// copy of the pointer tables, so no host array must outlive an async copy.
 struct Dev {
   int N, C, H, W, stride, P, Ho, Wo;
   int codes[kMaxP];
+  int fixed[kMaxP];
   double eps[kMaxP];
   const void* ext[kMaxP];
+  void* gext[kMaxP];
 };
 
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
 }
 
-Dev make_dev(const MixedArgs& a) {
+Dev make_dev(const MixedArgs& a, void* const* gext = nullptr) {
   if (a.P > kMaxP) throw std::runtime_error("too many candidates for the CUDA mixed op");
   Dev d{};
   d.N = a.N, d.C = a.C, d.H = a.H, d.W = a.W, d.stride = a.stride, d.P = a.P;
@@ -37,12 +41,15 @@ Dev make_dev(const MixedArgs& a) {
   for (int p = 0; p < a.P; ++p) {
     d.codes[p] = a.codes[p];
     d.eps[p] = a.eps[p];
+    d.fixed[p] = a.fixed[p];
     d.ext[p] = a.ext[p];
+    d.gext[p] = gext ? gext[p] : nullptr;
   }
   return d;
 }
 
 __device__ inline bool has_bn(int code) { return code == kMaxPool || code == kAvgPool || code == kExtBN; }
+__device__ inline bool batch_bn(const Dev& d, int p) { return has_bn(d.codes[p]) && !d.fixed[p]; }
 
 // Block-wide sum of a double; every thread gets the total.
 __device__ double block_sum(double v) {
@@ -72,11 +79,14 @@ __device__ T branch_at(const Dev& d, int p, const T* x, int n, int c, int oh, in
   }
 }
 
+// One block per (p, c): sum(y_p) and sum(y_p^2) over (N, Ho, Wo) into sums (see mixed_op.h).
 template <class T>
-__global__ void mixed_stats(Dev d, const T* x, T* mean, T* var) {
+__global__ void mixed_stats_kernel(Dev d, const T* x, double* sums) {
   const int p = blockIdx.x / d.C, c = blockIdx.x % d.C, HWo = d.Ho * d.Wo;
-  if (!has_bn(d.codes[p])) {
-    if (threadIdx.x == 0) mean[blockIdx.x] = var[blockIdx.x] = T(0);
+  double* s = sums + 1 + size_t(p) * 2 * d.C;
+  if (blockIdx.x == 0 && threadIdx.x == 0) sums[0] = double(d.N) * HWo;
+  if (!batch_bn(d, p)) {
+    if (threadIdx.x == 0) s[c] = s[d.C + c] = 0.0;
     return;
   }
   double u = 0, v = 0;
@@ -88,10 +98,22 @@ __global__ void mixed_stats(Dev d, const T* x, T* mean, T* var) {
   u = block_sum(u);
   v = block_sum(v);
   if (threadIdx.x == 0) {
-    const double M = double(d.N) * HWo, m = u / M;
-    mean[blockIdx.x] = T(m);
-    var[blockIdx.x] = T(fmax(v / M - m * m, 0.0));
+    s[c] = u;
+    s[d.C + c] = v;
   }
+}
+
+// One thread per (p, c): the BN statistics of every batch-stat candidate from the (reduced) sums.
+template <class T>
+__global__ void mixed_moments(Dev d, const double* sums, T* mean, T* var) {
+  const int k = blockIdx.x * blockDim.x + threadIdx.x;
+  if (k >= d.P * d.C) return;
+  const int p = k / d.C, c = k % d.C;
+  const double* s = sums + 1 + size_t(p) * 2 * d.C;
+  if (batch_bn(d, p))
+    batch_moments(s[c], s[d.C + c], sums[0], &mean[k], &var[k]);
+  else if (!has_bn(d.codes[p]))
+    mean[k] = var[k] = T(0);
 }
 
 template <class T>
@@ -136,43 +158,46 @@ __global__ void mixed_grad_sums(Dev d, const T* g, const T* x, double* sg, doubl
   }
 }
 
-// One thread: grad of w, and mean(g), mean(g * yhat_p) per channel into coef.
+// One block per candidate, its threads over the channels: sum(g * yhat_p) per (p, c) in place of
+// sum(g * y_p), and the weight's gradient (their sum over c) by a block reduction.
 template <class T>
-__global__ void mixed_grad_w(Dev d, const T* mean, const T* var, const double* sg, const double* sgy, T* gw,
-                             double* coef) {
-  const double M = double(d.N) * d.Ho * d.Wo;
-  for (int c = 0; c < d.C; ++c) coef[c] = sg[c] / M;
-  for (int p = 0; p < d.P; ++p) {
-    double total = 0;
-    for (int c = 0; c < d.C; ++c) {
-      const int k = p * d.C + c;
-      double t = sgy[k];
-      if (has_bn(d.codes[p])) t = double(bn_invstd(var[k], d.eps[p])) * (sgy[k] - double(mean[k]) * sg[c]);
-      coef[d.C + k] = t / M;
-      total += t;
-    }
-    gw[p] = d.codes[p] == kNone ? T(0) : T(total);
+__global__ void mixed_grad_w(Dev d, const T* mean, const T* var, const double* sg, double* sgy, T* gw) {
+  const int p = blockIdx.x;
+  double total = 0;
+  for (int c = threadIdx.x; c < d.C; c += blockDim.x) {
+    const int k = p * d.C + c;
+    double t = sgy[k];
+    if (has_bn(d.codes[p])) t = grad_yhat_sum(t, sg[c], mean[k], var[k], d.eps[p]);
+    sgy[k] = t;
+    total += t;
   }
+  total = block_sum(total);
+  if (threadIdx.x == 0) gw[p] = d.codes[p] == kNone ? T(0) : T(total);
 }
 
+// The BN backward of candidate p at one element; the batch terms are zero for given statistics.
 template <class T>
 __device__ T bn_grad_at(const Dev& d, int p, int c, T gv, T y, const T* w, const T* mean, const T* var,
-                        const double* coef) {
+                        const double* gsums, double M) {
   const int k = p * d.C + c;
   const T is = bn_invstd(var[k], d.eps[p]);
-  return bn_backward(w[p] * gv, (y - mean[k]) * is, T(w[p] * coef[c]), T(w[p] * coef[d.C + k]), is);
+  const T mg = d.fixed[p] ? T(0) : T(w[p] * (gsums[c] / M));
+  const T mgy = d.fixed[p] ? T(0) : T(w[p] * (gsums[d.C + k] / M));
+  return bn_backward(w[p] * gv, (y - mean[k]) * is, mg, mgy, is);
 }
 
 template <class T>
-__global__ void mixed_grad_ext(Dev d, const T* g, const T* w, const T* mean, const T* var, const double* coef,
-                               T* const* gext) {
+__global__ void mixed_grad_ext(Dev d, const T* g, const T* w, const T* mean, const T* var, const double* gsums,
+                               const double* count) {
   const size_t total = size_t(d.N) * d.C * d.Ho * d.Wo;
+  const double M = *count;
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < total; i += size_t(gridDim.x) * blockDim.x) {
     const int c = (i / (size_t(d.Wo) * d.Ho)) % d.C;
     for (int p = 0; p < d.P; ++p) {
-      if (d.codes[p] == kExt) gext[p][i] = w[p] * g[i];
+      T* ge = static_cast<T*>(d.gext[p]);
+      if (d.codes[p] == kExt) ge[i] = w[p] * g[i];
       if (d.codes[p] == kExtBN)
-        gext[p][i] = bn_grad_at(d, p, c, g[i], static_cast<const T*>(d.ext[p])[i], w, mean, var, coef);
+        ge[i] = bn_grad_at(d, p, c, g[i], static_cast<const T*>(d.ext[p])[i], w, mean, var, gsums, M);
     }
   }
 }
@@ -180,9 +205,10 @@ __global__ void mixed_grad_ext(Dev d, const T* g, const T* w, const T* mean, con
 // Gradient w.r.t. x gathered from every output window that covers the input.
 template <class T>
 __global__ void mixed_grad_x(Dev d, const T* g, const T* x, const T* w, const T* mean, const T* var,
-                             const double* coef, T* gx) {
+                             const double* gsums, const double* count, T* gx) {
   const size_t total = size_t(d.N) * d.C * d.H * d.W;
   const int s = d.stride;
+  const double M = *count;
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < total; i += size_t(gridDim.x) * blockDim.x) {
     const int iw = i % d.W, ih = (i / d.W) % d.H, c = (i / (size_t(d.W) * d.H)) % d.C;
     const int n = i / (size_t(d.W) * d.H * d.C);
@@ -201,7 +227,7 @@ __global__ void mixed_grad_x(Dev d, const T* g, const T* x, const T* w, const T*
           const T y = code == kMaxPool ? max_pool3(plane, d.H, d.W, oh, ow, s, &arg)
                                        : avg_pool3(plane, d.H, d.W, oh, ow, s);
           if (code == kMaxPool && arg != ih * d.W + iw) continue;
-          T dy = bn_grad_at(d, p, c, gp[oh * d.Wo + ow], y, w, mean, var, coef);
+          T dy = bn_grad_at(d, p, c, gp[oh * d.Wo + ow], y, w, mean, var, gsums, M);
           if (code == kAvgPool) dy /= T(pool3_count(d.H, d.W, oh, ow, s));
           acc += dy;
         }
@@ -389,33 +415,45 @@ P* scratch(size_t n, cudaStream_t st) {
 
 }  // namespace
 
+// Every entry point only enqueues kernels on the caller's stream: no synchronization, no
+// host-to-device copies (the edge's tables travel as kernel parameters).
 template <class T>
-void mixed_forward(const MixedArgs& a, const T* x, const T* w, T* out, T* mean, T* var, std::uintptr_t ctx) {
+void mixed_stats(const MixedArgs& a, const T* x, double* sums, std::uintptr_t ctx) {
   const cudaStream_t st = reinterpret_cast<cudaStream_t>(ctx);
   const Dev d = make_dev(a);
-  mixed_stats<T><<<a.P * a.C, kThreads, 0, st>>>(d, x, mean, var);
-  mixed_out<T><<<grid_for(size_t(a.N) * a.C * d.Ho * d.Wo), kThreads, 0, st>>>(d, x, w, mean, var, out);
-  check(cudaGetLastError(), "mixed_forward");
+  mixed_stats_kernel<T><<<a.P * a.C, kThreads, 0, st>>>(d, x, sums);
+  check(cudaGetLastError(), "mixed_stats");
 }
 
 template <class T>
-void mixed_backward(const MixedArgs& a, const T* g, const T* x, const T* w, const T* mean, const T* var, T* gx,
-                    T* gw, T* const* gext, std::uintptr_t ctx) {
+void mixed_apply(const MixedArgs& a, const T* x, const T* w, const double* sums, T* mean, T* var, T* out,
+                 std::uintptr_t ctx) {
   const cudaStream_t st = reinterpret_cast<cudaStream_t>(ctx);
   const Dev d = make_dev(a);
-  double* sums = scratch<double>(size_t(a.C) * (1 + a.P) * 2, st);
-  double *sg = sums, *sgy = sums + a.C, *coef = sums + size_t(a.C) * (1 + a.P);
-  T** gext_dev = scratch<T*>(a.P, st);
-  check(cudaMemcpyAsync(gext_dev, gext, a.P * sizeof(T*), cudaMemcpyHostToDevice, st), "cudaMemcpyAsync");
-  mixed_grad_sums<T><<<a.C, kThreads, 0, st>>>(d, g, x, sg, sgy);
-  mixed_grad_w<T><<<1, 1, 0, st>>>(d, mean, var, sg, sgy, gw, coef);
-  mixed_grad_ext<T><<<grid_for(size_t(a.N) * a.C * d.Ho * d.Wo), kThreads, 0, st>>>(d, g, w, mean, var, coef, gext_dev);
-  mixed_grad_x<T><<<grid_for(size_t(a.N) * a.C * a.H * a.W), kThreads, 0, st>>>(d, g, x, w, mean, var, coef, gx);
-  check(cudaGetLastError(), "mixed_backward");
-  // The host array gext must outlive the copy above before the caller frees it.
-  check(cudaStreamSynchronize(st), "cudaStreamSynchronize");
-  check(cudaFreeAsync(gext_dev, st), "cudaFreeAsync");
-  check(cudaFreeAsync(sums, st), "cudaFreeAsync");
+  mixed_moments<T><<<(a.P * a.C + kThreads - 1) / kThreads, kThreads, 0, st>>>(d, sums, mean, var);
+  mixed_out<T><<<grid_for(size_t(a.N) * a.C * d.Ho * d.Wo), kThreads, 0, st>>>(d, x, w, mean, var, out);
+  check(cudaGetLastError(), "mixed_apply");
+}
+
+template <class T>
+void mixed_grad_stats(const MixedArgs& a, const T* g, const T* x, const T* mean, const T* var, double* gsums, T* gw,
+                      std::uintptr_t ctx) {
+  const cudaStream_t st = reinterpret_cast<cudaStream_t>(ctx);
+  const Dev d = make_dev(a);
+  mixed_grad_sums<T><<<a.C, kThreads, 0, st>>>(d, g, x, gsums, gsums + a.C);
+  mixed_grad_w<T><<<a.P, kThreads, 0, st>>>(d, mean, var, gsums, gsums + a.C, gw);
+  check(cudaGetLastError(), "mixed_grad_stats");
+}
+
+template <class T>
+void mixed_grad_apply(const MixedArgs& a, const T* g, const T* x, const T* w, const T* mean, const T* var,
+                      const double* gsums, const double* count, T* gx, T* const* gext, std::uintptr_t ctx) {
+  const cudaStream_t st = reinterpret_cast<cudaStream_t>(ctx);
+  const Dev d = make_dev(a, reinterpret_cast<void* const*>(gext));
+  mixed_grad_ext<T><<<grid_for(size_t(a.N) * a.C * d.Ho * d.Wo), kThreads, 0, st>>>(d, g, w, mean, var, gsums, count);
+  mixed_grad_x<T><<<grid_for(size_t(a.N) * a.C * a.H * a.W), kThreads, 0, st>>>(d, g, x, w, mean, var, gsums, count,
+                                                                                gx);
+  check(cudaGetLastError(), "mixed_grad_apply");
 }
 
 template <class T>
@@ -455,13 +493,6 @@ void sep_backward(const SepArgs& a, const T* gy, const T* x, const T* wdw, const
   check(cudaFreeAsync(dwo, st), "cudaFreeAsync");
 }
 
-#define ND_INSTANTIATE(T)                                                                                         \
-  template void mixed_forward<T>(const MixedArgs&, const T*, const T*, T*, T*, T*, std::uintptr_t);             \
-  template void mixed_backward<T>(const MixedArgs&, const T*, const T*, const T*, const T*, const T*, T*, T*,   \
-                                  T* const*, std::uintptr_t);                                                   \
-  template void sep_forward<T>(const SepArgs&, const T*, const T*, const T*, T*, T*, T*, std::uintptr_t);       \
-  template void sep_backward<T>(const SepArgs&, const T*, const T*, const T*, const T*, const T*, const T*, T*, \
-                                T*, T*, std::uintptr_t);
 ND_INSTANTIATE(float)
 ND_INSTANTIATE(double)
 

@@ -70,6 +70,22 @@ ND_HD inline T bn_backward(T dy, T y, T mean_dy, T mean_dy_y, T istd) {
   return istd * (dy - mean_dy - y * mean_dy_y);
 }
 
+// Batch mean and biased variance of one channel from sum(y), sum(y^2) and the count
+// (the count and sums may cover several processes: SyncBatchNorm).
+template <class T>
+ND_HD inline void batch_moments(double s1, double s2, double count, T* mean, T* var) {
+  const double m = s1 / count, v = s2 / count - m * m;
+  *mean = T(m);
+  *var = T(v > 0.0 ? v : 0.0);
+}
+
+// sum(g * yhat) of a BN'd branch, yhat = (y - mean) * istd, from sum(g * y) and sum(g):
+// both the gradient of its weight and (over the batch) the BN backward's mean(dy * yhat).
+template <class T>
+ND_HD inline double grad_yhat_sum(double sgy, double sg, T mean, T var, double eps) {
+  return double(bn_invstd(var, eps)) * (sgy - double(mean) * sg);
+}
+
 // 3x3 max pool with padding 1 at (oh, ow); *arg gets the flat input index of the
 // first maximum (torch's CPU tie rule: strictly greater, NaN wins).
 template <class T>

@@ -160,7 +160,7 @@ def broadcast_module(module: torch.nn.Module, ctx: DistContext) -> None:
         dist.broadcast(t.data, src=0)
 
 
-class _GlooSyncBatchNorm(torch.nn.BatchNorm2d):
+class GlooSyncBatchNorm(torch.nn.BatchNorm2d):
     """BatchNorm2d whose training statistics cover the global batch: a differentiable all-reduce of
     (sum, sum of squares, count), so the backward pass carries the cross-rank terms too.
     For CPU/gloo, where ``torch.nn.SyncBatchNorm`` refuses to run; same parameters and buffers."""
@@ -200,7 +200,7 @@ def sync_batchnorm(module: torch.nn.Module, ctx: DistContext) -> torch.nn.Module
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
         if type(child) is torch.nn.BatchNorm2d:
-            new = _GlooSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+            new = GlooSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
                                      child.track_running_stats)
             new.load_state_dict(child.state_dict())
             new.to(next(child.buffers(), torch.empty(0)).device)

@@ -73,7 +73,8 @@ def test_forward_and_all_gradients_match_reference(device, stride, shape):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("stride", [1, 2])
-def test_mixed_op_gradcheck_float64(device, stride):
+@pytest.mark.parametrize("eval_mode", [False, True], ids=["batch-stats", "running-stats"])
+def test_mixed_op_gradcheck_float64(device, stride, eval_mode):
     torch.manual_seed(0)
     kw = dict(dtype=torch.float64, device=device)
     x = torch.randn(2, 3, 5, 6, **kw, requires_grad=True)
@@ -83,9 +84,11 @@ def test_mixed_op_gradcheck_float64(device, stride):
     ext = [torch.randn(2, 3, Ho, Wo, **kw, requires_grad=True) for _ in range(n_ext)]
     codes = [ops.NONE, ops.MAX_POOL, ops.AVG_POOL, ops.IDENTITY if stride == 1 else ops.EXT] + [ops.EXT_BN] * 4
     eps = [1e-5] * 8
+    fixed = [eval_mode] * 8  # eval: every BN normalizes with given (running) statistics
+    running = torch.stack([torch.randn(8, 3, **kw), torch.rand(8, 3, **kw) + 0.5]) if eval_mode else None
 
     def f(x, w, *ext):
-        return ops.mixed_op(x, w, list(ext), codes, eps, stride)[0]
+        return ops.mixed_op(x, w, list(ext), codes, eps, stride, fixed, running, False)[0]
 
     assert torch.autograd.gradcheck(f, (x, w, *ext), eps=1e-6, atol=1e-5)
 
@@ -126,7 +129,9 @@ def test_opcheck(device):
     w = torch.softmax(torch.randn(8, **kw), 0).requires_grad_()
     ext = [torch.randn(2, 3, 6, 6, **kw, requires_grad=True) for _ in range(4)]
     codes = [ops.NONE, ops.MAX_POOL, ops.AVG_POOL, ops.IDENTITY] + [ops.EXT_BN] * 4
-    torch.library.opcheck(ops.mixed_op, (x, w, ext, codes, [1e-5] * 8, 1))
+    torch.library.opcheck(ops.mixed_op, (x, w, ext, codes, [1e-5] * 8, 1, [False] * 8, None, False))
+    running = torch.stack([torch.zeros(8, 3, **kw), torch.ones(8, 3, **kw)])
+    torch.library.opcheck(ops.mixed_op, (x, w, ext, codes, [1e-5] * 8, 1, [True] * 8, running, False))
     w_dw = torch.randn(3, 1, 3, 3, **kw, requires_grad=True)
     w_pw = torch.randn(3, 3, 1, 1, **kw, requires_grad=True)
     for prologue in (ops.RELU, ops.BN_RELU):
@@ -187,12 +192,30 @@ def test_search_step_parity_float32(conv, batch):
         torch.testing.assert_close(s1[name], s0[name], rtol=1e-3, atol=1e-4, msg=name)
 
 
-def test_eval_mode_runs_the_reference_path():
-    ref, fused = _pair(4, 1, torch.float32, "cpu")
+@pytest.mark.parametrize("conv", ["native", "kernel"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_eval_mode_runs_fused_with_running_statistics(conv, stride):
+    ref, fused = _pair(4, stride, torch.float64, "cpu")
+    fused.conv_path = conv
+    for m in ref.modules():  # running statistics far from the batch's, so using them shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    fused.load_state_dict(ref.state_dict())
     ref.eval()
     fused.eval()
-    x, w = torch.randn(2, 4, 6, 6), torch.softmax(torch.randn(8), 0)
-    torch.testing.assert_close(fused(x, w), ref(x, w))
+    x, w = torch.randn(2, 4, 7, 9, dtype=torch.float64), torch.softmax(torch.randn(8, dtype=torch.float64), 0)
+    g = torch.randn_like(ref(x, w))
+    with torch.profiler.profile() as prof:
+        f = _run(fused, x, w, g)
+    assert "nasdeploy::mixed_op" in {e.name for e in prof.events()}  # fused, not the reference
+    r = _run(ref, x, w, g)
+    for a, b in zip(f[:3], r[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    for name in r[3]:
+        torch.testing.assert_close(f[3][name], r[3][name], rtol=1e-9, atol=1e-9, msg=name)
+    for name in r[4]:  # eval: running statistics untouched
+        torch.testing.assert_close(f[4][name], r[4][name], rtol=0, atol=0, msg=name)
 
 
 def test_torch_compile_of_fused_mixed_op():
@@ -219,6 +242,6 @@ def test_kernel_resolution():
 def test_bad_arguments_fail_before_the_kernel():
     x = torch.randn(1, 2, 4, 4)
     with pytest.raises(KernelError):
-        ops.mixed_op(x, torch.ones(3), [], [0, 1], [1e-5, 1e-5], 1)  # 3 weights, 2 codes
+        ops.mixed_op(x, torch.ones(3), [], [0, 1], [1e-5, 1e-5], 1, [False] * 2, None, False)  # 3 weights, 2 codes
     with pytest.raises(KernelError):
-        ops.mixed_op(x.int(), torch.ones(1), [], [1], [1e-5], 1)
+        ops.mixed_op(x.int(), torch.ones(1), [], [1], [1e-5], 1, [False], None, False)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..ops import resolve_kernel
 from ..ops.mixed_op import fused_mixed_op_forward, reference_mixed_op  # noqa: F401 (oracle, re-exported)
 from .primitives import OPS
 
@@ -22,7 +23,8 @@ class MixedOp(nn.Module):
         C: channels in and out.
         stride: 1, or 2 for edges leaving the inputs of a reduction cell.
         primitives: candidate names (columns of alpha).
-        kernel: ``"reference"`` or ``"fused"`` (already resolved, see nasdeploy.ops).
+        kernel: ``"auto"``, ``"fused"`` or ``"reference"``; ``auto`` is resolved per call for the
+            device of the input (fused where its backend is built, else the reference with one warning).
         conv_path: how the fused kernel runs the conv candidates, ``"native"`` or ``"kernel"``.
     """
 
@@ -42,6 +44,7 @@ class MixedOp(nn.Module):
             self.ops.append(op)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        if self.kernel == "fused":
+        kernel = self.kernel if self.kernel != "auto" else resolve_kernel("auto", x.device.type)
+        if kernel == "fused":
             return fused_mixed_op_forward(self, x, weights)
         return reference_mixed_op(self.ops, x, weights)

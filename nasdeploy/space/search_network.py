@@ -52,7 +52,8 @@ class SearchNetwork(nn.Module):
         multiplier: how many last nodes are concatenated into the cell output.
         stem_multiplier: the stem has ``stem_multiplier * C`` channels.
         primitives: candidate op names, the columns of alpha.
-        kernel: mixed-op implementation, ``"auto" | "fused" | "reference"``.
+        kernel: mixed-op implementation, ``"auto" | "fused" | "reference"``; ``auto`` resolves per device
+            at the first forward (fused where that device's backend is built, else one warning says why not).
         conv_path: the fused kernel's conv candidates, ``"native"`` (oneDNN) or ``"kernel"`` (csrc/).
 
     Example:
@@ -74,12 +75,14 @@ class SearchNetwork(nn.Module):
         conv_path: str = "native",
     ):
         super().__init__()
-        from ..ops import resolve_kernel
+        from ..ops import KERNELS, resolve_kernel
 
         self.C, self.num_classes, self.layers, self.in_channels = C, num_classes, layers, in_channels
         self.steps, self.multiplier, self.stem_multiplier = steps, multiplier, stem_multiplier
         self.primitives = tuple(primitives)
-        self.kernel = resolve_kernel(kernel)
+        if kernel not in KERNELS:
+            resolve_kernel(kernel)  # raises: an unknown name is refused at construction
+        self.kernel = kernel
         self.conv_path = conv_path
 
         C_curr = stem_multiplier * C
