@@ -142,6 +142,8 @@ def _load(config_path, preset, overrides):
               help="Mixed-op implementation (default auto: fused when built).")
 @click.option("--conv-path", type=click.Choice(["native", "kernel"]), default=None,
               help="Fused kernel's conv candidates: native (oneDNN, default) or kernel (csrc/, least memory).")
+@click.option("--partial-channels", type=int, default=None,
+              help="PC-DARTS: 1/K of each edge's channels through the candidates, edge normalization (1 = off).")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads.")
 @click.option("--latency-target", type=float, default=None,
               help="ORT p50 budget in ms of the deployed network ([train] C/layers, batch 1, 1 thread); "
@@ -425,12 +427,13 @@ def profile(onnx_model, out, checkpoint, config_path, preset, overwrite, **opts)
 @click.option("--seed", type=int, default=None, help="Seed for search and training.")
 @click.option("--kernel", type=click.Choice(["auto", "fused", "reference"]), default=None, help="Mixed-op kernel.")
 @click.option("--threads", type=int, default=None, help="torch threads for search and training.")
+@click.option("--partial-channels", type=int, default=None, help="PC-DARTS K for the search (1 = off).")
 @click.option("--fresh", is_flag=True, help="Re-run every stage instead of resuming.")
 @click.option("--overwrite", is_flag=True, help="Start over in an OUT that holds a different run.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_config_options
-def pipeline(dataset, out, search_epochs, train_epochs, seed, kernel, threads, fresh, overwrite, quiet,
-             config_path, preset):
+def pipeline(dataset, out, search_epochs, train_epochs, seed, kernel, threads, partial_channels, fresh, overwrite,
+             quiet, config_path, preset):
     """search → train → export → profile into one run directory (default: digits, quick preset).
 
     Finished stages are skipped, so re-running continues an interrupted pipeline.
@@ -446,7 +449,8 @@ def pipeline(dataset, out, search_epochs, train_epochs, seed, kernel, threads, f
         preset = "quick"  # a new run; an existing one continues with its own config.toml
     overrides = {
         "data": {"dataset": dataset},
-        "search": {"epochs": search_epochs, "seed": seed, "kernel": kernel, "threads": threads},
+        "search": {"epochs": search_epochs, "seed": seed, "kernel": kernel, "threads": threads,
+                   "partial_channels": partial_channels},
         "train": {"epochs": train_epochs, "seed": seed, "threads": threads},
     }
     continuing = preset is None and config_path is None and not overwrite

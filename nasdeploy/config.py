@@ -63,6 +63,9 @@ class SearchConfig:
     # Fused kernel only: how the conv candidates run. native: torch's (oneDNN) convs, channels_last;
     # kernel: the hand-written C++ convs of csrc/ (least memory, slower backward). See docs/kernel.md.
     conv_path: str = "native"
+    # PC-DARTS (Xu et al., 2020): K > 1 sends 1/K of each edge's channels through the candidates (channel
+    # shuffle after) and adds edge normalization betas to the derivation; the paper uses K = 4. 1: DARTS.
+    partial_channels: int = 1
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     latency_target: float | None = None  # ms; None: no latency term
     latency_weight: float = 0.1
@@ -250,6 +253,8 @@ def validate(obj) -> None:
              "use darts, random, evolution or rl")
         need(obj.kernel in ("auto", "fused", "reference"), "kernel", "unknown kernel", "use auto, fused or reference")
         need(obj.conv_path in ("native", "kernel"), "conv_path", "unknown conv path", "use native or kernel")
+        need(obj.partial_channels >= 1 and obj.C % obj.partial_channels == 0, "partial_channels",
+             f"must be a positive divisor of C = {obj.C}", "use 1 (DARTS) or, as PC-DARTS, 4")
         unknown = [p for p in obj.primitives if p not in PRIMITIVES]
         need(not unknown, "primitives", f"unknown op {unknown[0] if unknown else ''!r}", f"choose from {PRIMITIVES}")
         need(len(set(obj.primitives)) == len(obj.primitives) and len([p for p in obj.primitives if p != "none"]) >= 1,

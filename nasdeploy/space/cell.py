@@ -108,9 +108,21 @@ def cell_slots(layers: int, C: int, C_prev_prev: int, C_prev: int, multiplier: C
 # ------------------------------------------------------------------ derivation
 
 
-def derivation_weights(alphas: torch.Tensor) -> torch.Tensor:
-    """What derivation ranks: ``softmax(alpha)`` per edge, detached, in float32."""
-    return torch.softmax(alphas.detach().float(), dim=-1)
+def derivation_weights(alphas: torch.Tensor, betas: torch.Tensor | None = None) -> torch.Tensor:
+    """What derivation ranks: ``softmax(alpha)`` per edge, detached, in float32.
+
+    With ``betas`` (PC-DARTS edge normalization, Xu et al. 2020, eq. 4) each edge's row is
+    multiplied by its ``softmax(beta)`` among the input edges of its node.
+    """
+    weights = torch.softmax(alphas.detach().float(), dim=-1)
+    if betas is None:
+        return weights
+    return weights * edge_normalization(betas.detach().float())[:, None]
+
+
+def edge_normalization(betas: torch.Tensor) -> torch.Tensor:
+    """PC-DARTS edge weights: ``softmax(beta)`` over the input edges of each node (one per alpha row)."""
+    return torch.cat([torch.softmax(betas[node_edges(i)], dim=0) for i in range(steps_for(len(betas)))])
 
 
 def select_inputs(weights: torch.Tensor, primitives: Sequence[str], steps: int) -> tuple[tuple[Edge, Edge], ...]:
@@ -144,24 +156,27 @@ def derive_genotype(
     primitives: Sequence[str] = PRIMITIVES,
     steps: int = 4,
     multiplier: int = 4,
+    betas_normal: torch.Tensor | None = None,
+    betas_reduce: torch.Tensor | None = None,
 ) -> Genotype:
-    """DARTS discretization of ``softmax(alpha)`` (Liu et al., 2019, sec. 2.4)."""
+    """DARTS discretization of ``softmax(alpha)`` (Liu et al., 2019, sec. 2.4), edge-normalized by beta if given."""
     concat = concat_nodes(steps, multiplier)
-    return Genotype(derive_cell(derivation_weights(alphas_normal), primitives, steps), concat,
-                    derive_cell(derivation_weights(alphas_reduce), primitives, steps), concat)
+    return Genotype(derive_cell(derivation_weights(alphas_normal, betas_normal), primitives, steps), concat,
+                    derive_cell(derivation_weights(alphas_reduce, betas_reduce), primitives, steps), concat)
 
 
 def limit_skips(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, primitives, steps: int, multiplier: int,
-                max_skips: int) -> Genotype:
+                max_skips: int, betas_normal: torch.Tensor | None = None,
+                betas_reduce: torch.Tensor | None = None) -> Genotype:
     """DARTS derivation with at most ``max_skips`` skip_connect edges in the normal cell (P-DARTS, Chen et al.
     2019, sec. 3.3): while too many, zero the skip weight of the chosen skip edge with the smallest one and
     re-derive, so that edge takes its next-best op (and the node may pick other inputs)."""
     primitives = list(primitives)
-    g = derive_genotype(alphas_normal, alphas_reduce, primitives, steps, multiplier)
+    g = derive_genotype(alphas_normal, alphas_reduce, primitives, steps, multiplier, betas_normal, betas_reduce)
     if "skip_connect" not in primitives:
         return g
     skip = primitives.index("skip_connect")
-    w = derivation_weights(alphas_normal)
+    w = derivation_weights(alphas_normal, betas_normal)
     while sum(op == "skip_connect" for op, _ in g.normal) > max_skips:
         rows = [r for r, (op, _) in zip(alpha_rows(g.normal), g.normal) if op == "skip_connect"]
         w[min(rows, key=lambda r: float(w[r, skip])), skip] = 0.0

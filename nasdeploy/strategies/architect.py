@@ -39,7 +39,8 @@ class Architect:
         self.penalty = penalty
         self.hvp_r = hvp_r
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
-        self._names = [n for n, _ in model.named_parameters() if not n.startswith("alphas_")]
+        weights = {id(p) for p in model.weight_parameters()}  # not alphas, nor PC-DARTS betas
+        self._names = [n for n, p in model.named_parameters() if id(p) in weights]
 
     def _loss(self, x, y, weights: dict | None = None) -> torch.Tensor:
         logits = self.model(x) if weights is None else functional_call(self.model, weights, (x,), strict=False)
@@ -64,7 +65,7 @@ class Architect:
 
     def unrolled_weights(self, x_train, y_train, xi: float, w_optimizer: torch.optim.Optimizer) -> dict:
         """w' = w - xi * (grad + momentum * buffer + wd * w), as the next SGD step would do."""
-        params = [p for n, p in self.model.named_parameters() if not n.startswith("alphas_")]
+        params = self.model.weight_parameters()
         grads = torch.autograd.grad(self._loss(x_train, y_train), params)
         group = w_optimizer.param_groups[0]
         momentum, wd = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
@@ -92,7 +93,7 @@ class Architect:
     def hessian_vector_product(self, vector, x, y, r: float) -> list[torch.Tensor]:
         """(d/da L_train(w + eps v) - d/da L_train(w - eps v)) / (2 eps), eps = r / ||v||."""
         eps = r / torch.cat([v.reshape(-1) for v in vector]).norm()
-        base = {n: p.detach() for n, p in self.model.named_parameters() if not n.startswith("alphas_")}
+        base = {n: p.detach() for n, p in zip(self._names, self.model.weight_parameters())}
         alphas = self.model.arch_parameters()
         grads = []
         for sign in (1.0, -1.0):

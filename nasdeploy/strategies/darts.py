@@ -95,7 +95,7 @@ def derive(model: SearchNetwork, cfg: SearchConfig) -> Genotype:
     if cfg.skip_limit is None:
         return model.genotype()
     return limit_skips(model.alphas_normal, model.alphas_reduce, model.primitives, model.steps, model.multiplier,
-                       cfg.skip_limit)
+                       cfg.skip_limit, *model.betas())
 
 
 def build_supernet(cfg: SearchConfig, data: Dataset) -> SearchNetwork:
@@ -103,7 +103,7 @@ def build_supernet(cfg: SearchConfig, data: Dataset) -> SearchNetwork:
     return SearchNetwork(
         cfg.C, data.spec.num_classes, cfg.layers, in_channels=c, steps=cfg.steps, multiplier=cfg.multiplier,
         stem_multiplier=cfg.stem_multiplier, primitives=cfg.primitives, kernel=cfg.kernel,
-        conv_path=cfg.conv_path,
+        conv_path=cfg.conv_path, partial_channels=cfg.partial_channels,
     )
 
 
