@@ -104,6 +104,30 @@ def _data_options(f):
     return f
 
 
+def _deploy_options(f):
+    """The served network's size, named alike in search, latency-table and latency-kit ([train] C, layers)."""
+    f = click.option("--deploy-layers", type=int, default=None, help="Cells of the deployed network ([train] layers).",
+                     )(f)
+    f = click.option("--deploy-channels", type=int, default=None,
+                     help="Initial channels of the deployed network ([train] C); --channels is the supernet's.")(f)
+    return f
+
+
+def _serving_options(f):
+    """How the deployed network is served ([search] latency_*), for latency-table and latency-kit."""
+    for opt in reversed((
+        click.option("--nodes", "steps", type=int, default=None, help="Intermediate nodes per cell ([search] steps)."),
+        click.option("--batch", "latency_batch", type=int, default=None, help="Batch size served (1)."),
+        click.option("--threads", "latency_threads", type=int, default=None, help="ORT intra-op threads (1)."),
+        click.option("--opt-level", "latency_opt_level", type=click.Choice(["all", "extended", "basic", "disable"]),
+                     default=None, help="ORT graph optimization level (all)."),
+        click.option("--calibrate", "latency_calibration", type=int, default=None,
+                     help="Random whole networks timed to calibrate the sum (8)."),
+    )):
+        f = opt(f)
+    return f
+
+
 def _load(config_path, preset, overrides):
     from .config import load_config
 
@@ -146,14 +170,17 @@ def _load(config_path, preset, overrides):
               help="PC-DARTS: 1/K of each edge's channels through the candidates, edge normalization (1 = off).")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads.")
 @click.option("--latency-target", type=float, default=None,
-              help="ORT p50 budget in ms of the deployed network ([train] C/layers, batch 1, 1 thread); "
-                   "refused when outside the space's achievable range.")
+              help="Budget in ms: the deployed network's measured ORT p50 ([train] C/layers, batch 1, 1 thread) "
+                   "must be <= it; checked and repaired after the search; refused outside the measured range.")
 @click.option("--latency-weight", type=float, default=None,
-              help="Weight of the penalty weight*|LAT/target - 1| (TuNAS; default 0.1).")
+              help="Weight of the budget penalty (steep above 0.95*target, 1/4 as steep below; default 0.1).")
 @click.option("--latency-table", type=click.Path(dir_okay=False), default=None,
-              help="Latency table JSON (default: the per-machine cache, see `nasdeploy latency-table`).")
+              help="Latency table JSON: this machine's (default: the per-machine cache, `nasdeploy latency-table`) "
+                   "or the serving machine's (`nasdeploy latency-kit`).")
+@_deploy_options
 @_stage_options("OUT/search/supernet.pt", "search again where a search finished, or in an OUT of another run")
-def search(dataset, out, config_path, preset, resume, overwrite, quiet, order, **opts):
+def search(dataset, out, config_path, preset, resume, overwrite, quiet, order, deploy_channels, deploy_layers,
+           **opts):
     """Search (DARTS or a black-box strategy); write OUT/search/{genotype.json, metrics.jsonl, supernet.pt, ...}.
 
     \b
@@ -164,16 +191,23 @@ def search(dataset, out, config_path, preset, resume, overwrite, quiet, order, *
     from .stages import search as run_search
 
     opts["order"] = int(order) if order else None
-    cfg = resolve_config(out, config_path, preset, {"data": {"dataset": dataset}, "search": opts}, "search")
+    cfg = resolve_config(out, config_path, preset, {"data": {"dataset": dataset}, "search": opts,
+                                                    "train": {"C": deploy_channels, "layers": deploy_layers}},
+                         "search")
     data = load_data(cfg)
     click.echo(f"data: {data.summary()}", err=True)
     t0 = time.perf_counter()
     res = run_search(cfg, out, data=data, progress=not quiet, resume=resume, overwrite=overwrite)
     _print_genotype(res.genotype)
     click.echo(f"val accuracy (supernet): {res.val_acc:.4f}   time: {time.perf_counter() - t0:.1f}s")
-    if res.metrics and "predicted_latency_ms" in res.metrics[-1]:
-        click.echo(f"predicted ORT p50 of the deployed network: {res.metrics[-1]['predicted_latency_ms']:.4f} ms "
-                   f"(target {cfg.search.latency_target:g} ms)")
+    budget = Path(out) / "search" / "latency_budget.json"
+    if cfg.search.latency_target is not None and budget.is_file():
+        import json
+
+        b = json.loads(budget.read_text(encoding="utf-8"))
+        measured = (f"measured p50 {b['measured_p50_ms']:.4f} ms ({b['verdict']} budget, {len(b['repairs'])} "
+                    f"repair(s))" if b.get("measured_p50_ms") is not None else b.get("note", b["verdict"]))
+        click.echo(f"latency budget {b['target_ms']:g} ms: predicted {b['deployed_predicted_ms']:.4f} ms, {measured}")
     click.echo(f"genotype: {Path(out) / 'search' / 'genotype.json'}   run summary: {Path(out) / 'summary.json'}")
     click.echo(f"pictures: {Path(out) / 'search'}/{{cells_normal,cells_reduce}}.{{png,svg}}, alphas.png, curves.png")
 
@@ -184,38 +218,28 @@ def search(dataset, out, config_path, preset, resume, overwrite, quiet, order, *
 @_data_options
 @click.option("--table", "table_path", type=click.Path(dir_okay=False), default=None,
               help="Table JSON (default: $NASDEPLOY_CACHE or ~/.cache/nasdeploy, latency/<fingerprint>.json).")
-@click.option("--channels", "C", type=int, default=None, help="Deployed network's initial channels ([train] C).")
-@click.option("--layers", type=int, default=None, help="Deployed network's cells ([train] layers).")
-@click.option("--nodes", "steps", type=int, default=None, help="Intermediate nodes per cell ([search] steps).")
-@click.option("--batch", "latency_batch", type=int, default=None, help="Batch size served (1).")
-@click.option("--threads", "latency_threads", type=int, default=None, help="ORT intra-op threads (1).")
-@click.option("--opt-level", "latency_opt_level", type=click.Choice(["all", "extended", "basic", "disable"]),
-              default=None, help="ORT graph optimization level (all).")
-@click.option("--calibrate", "latency_calibration", type=int, default=None,
-              help="Random whole networks timed to calibrate the sum (8).")
+@_deploy_options
+@_serving_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_config_options
-def latency_table(dataset, table_path, C, layers, steps, quiet, config_path, preset, **opts):
+def latency_table(dataset, table_path, deploy_channels, deploy_layers, steps, quiet, config_path, preset, **opts):
     """Time the latency table of the deployed network (only what the cached table lacks).
 
     \b
     Example:
-      nasdeploy latency-table --preset quick --channels 16 --layers 8
+      nasdeploy latency-table --preset quick --deploy-channels 16 --deploy-layers 8
     """
     from .latency.model import achievable_range
-    from .latency.table import DeploySpec, LatencyTable
+    from .latency.table import LatencyTable, ort_timer
 
-    cfg = _load(config_path, preset, {"data": {"dataset": dataset}, "search": {**opts, "steps": steps,
-                                      "latency_table": table_path}, "train": {"C": C, "layers": layers}})
-    from .stages import load_data
-
-    data = load_data(cfg)
+    cfg, spec = _deploy_spec(dataset, config_path, preset, deploy_channels, deploy_layers, steps,
+                             {**opts, "latency_table": table_path})
     s = cfg.search
-    spec = DeploySpec.from_configs(s, cfg.train, data.spec.input_shape, data.spec.num_classes)
     t0 = time.perf_counter()
     table = LatencyTable.load_or_measure(spec, s.latency_table, threads=s.latency_threads,
                                          opt_level=s.latency_opt_level, calibrate=s.latency_calibration,
-                                         progress=not quiet)
+                                         timer=ort_timer(s.latency_threads, s.latency_opt_level,
+                                                         opset=cfg.export.opset), progress=not quiet)
     lo, hi = achievable_range(table.costs(spec))
     cal = table.calibration.get(spec.key(), {})
     click.echo(f"deployed network: {spec.key()}  fingerprint {table.fingerprint['id']}")
@@ -224,6 +248,45 @@ def latency_table(dataset, table_path, C, layers, steps, quiet, config_path, pre
         click.echo(f"calibration: p50 = {cal['offset_ms']:.4f} ms + {cal['scale']:.3f} x table sum "
                    f"({len(cal['networks'])} networks, median fit error {cal['fit_median_abs_pct']:.1f}%)")
     click.echo(f"table: {table.path}   time: {time.perf_counter() - t0:.1f}s")
+
+
+# ----------------------------------------------------------------- latency-kit
+
+@main.command("latency-kit", context_settings=CONTEXT)
+@_data_options
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Kit folder.")
+@_deploy_options
+@_serving_options
+@_config_options
+def latency_kit(dataset, out, deploy_channels, deploy_layers, steps, config_path, preset, **opts):
+    """Write the latency kit of the deployed network: ONNX pieces, manifest, one runner (numpy + onnxruntime).
+
+    \b
+    Example:
+      nasdeploy latency-kit --preset quick --out kit
+      python kit/run_latency_kit.py --threads 4        # on the serving machine -> kit/table-<id>.json
+      nasdeploy search --preset quick --latency-table kit/table-<id>.json --latency-target 0.2
+    """
+    from .latency.kit import write_kit
+
+    cfg, spec = _deploy_spec(dataset, config_path, preset, deploy_channels, deploy_layers, steps, opts)
+    s = cfg.search
+    t0 = time.perf_counter()
+    runner = write_kit(spec, out, calibrate=s.latency_calibration, threads=s.latency_threads,
+                       opt_level=s.latency_opt_level, opset=cfg.export.opset)
+    click.echo(f"deployed network: {spec.key()}   kit: {Path(out)} ({time.perf_counter() - t0:.0f}s)")
+    click.echo(f"on the serving machine: python {runner} [--threads N] [--provider P]   (needs numpy, onnxruntime)")
+
+
+def _deploy_spec(dataset, config_path, preset, deploy_channels, deploy_layers, steps, search_opts):
+    """(config, DeploySpec) of the served network, from the same settings `search` reads."""
+    from .latency.table import DeploySpec
+    from .stages import load_data
+
+    cfg = _load(config_path, preset, {"data": {"dataset": dataset}, "search": {**search_opts, "steps": steps},
+                                      "train": {"C": deploy_channels, "layers": deploy_layers}})
+    data = load_data(cfg)
+    return cfg, DeploySpec.from_configs(cfg.search, cfg.train, data.spec.input_shape, data.spec.num_classes)
 
 
 def _print_genotype(g):
@@ -465,6 +528,12 @@ def pipeline(dataset, out, search_epochs, train_epochs, seed, kernel, threads, p
     click.echo(f"model size      {res.n_params:,} weights, ONNX {res.onnx_bytes / 1e6:.2f} MB")
     if res.p50_ms_batch1 is not None:
         click.echo(f"ORT latency     p50 {res.p50_ms_batch1:.3f} ms at batch 1 ({cfg.profile.threads} thread)")
+    b = res.summary.get("latency_budget")
+    if b:
+        verdict = b.get("profile_within_budget")
+        click.echo(f"latency budget  {b['target_ms']:g} ms: " + (b.get("profile_verdict", "not profiled")
+                   if verdict is None else f"profiled p50 {b['profile_p50_ms']:.4f} ms, "
+                   f"{'within' if verdict else 'OVER'} budget"))
     times = "  ".join(f"{k} {v:.0f}s" for k, v in res.seconds.items())
     click.echo(f"stage time      {times}" + (f"  (skipped: {', '.join(res.skipped)})" if res.skipped else ""))
     for name, path in res.files().items():

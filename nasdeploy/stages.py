@@ -479,7 +479,10 @@ def pipeline(cfg: RunConfig | None, out: str | Path, progress: bool = True, resu
     if main:  # serving artifacts: rank 0 alone under torchrun, the others wait for them
         step("export", lambda r: export(cfg, run.model, data=data, overwrite=True))
         step("profile", lambda r: profile(cfg, run.onnx, run.root, checkpoint=run.model, overwrite=True))
-        summary = update_summary(run)
+        summary = update_summary(run)  # re-checks a latency budget against the profiled p50 (runs.summarize)
+        b = summary.get("latency_budget", {})
+        if b.get("profile_within_budget") is False:
+            echo(f"latency  OVER budget: profiled p50 {b['profile_p50_ms']:.4f} ms > {b['target_ms']:g} ms")
     sync()
     if not main:
         from .artifacts import read_json

@@ -1,0 +1,223 @@
+"""The latency budget: early refusal by measured probes, untrusted tables, repair, kit round trip, skip limit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from nasdeploy.config import SearchConfig, TrainConfig
+from nasdeploy.errors import LatencyTargetError, ProfileError
+from nasdeploy.latency import budget as budget_mod
+from nasdeploy.latency.budget import Budget, check_table, measured_range, probe_genotypes, repair_step, table_problems
+from nasdeploy.latency.model import LatencyCosts, genotype_latency, search_penalty
+from nasdeploy.latency.table import DeploySpec, LatencyTable
+from nasdeploy.space.cell import limit_skips
+from nasdeploy.space.genotype import Genotype
+from tests.test_latency import TINY, CountingTimer
+
+PRIMS = ("none", "skip_connect", "max_pool_3x3", "sep_conv_3x3")
+
+
+def _costs() -> LatencyCosts:
+    # steps=1: one node, two edges (rows 0, 1); ops in PRIMS order.
+    normal = torch.tensor([[0.0, 0.0, 0.2, 1.0], [0.0, 0.0, 0.3, 2.0]], dtype=torch.float64)
+    reduce = torch.tensor([[0.0, 0.5, 0.4, 1.5], [0.0, 0.5, 0.4, 1.5]], dtype=torch.float64)
+    return LatencyCosts(normal=normal, reduce=reduce, base_ms=1.0, primitives=PRIMS, steps=1)
+
+
+def _g(normal, reduce) -> Genotype:
+    return Genotype(tuple(normal), (2,), tuple(reduce), (2,))
+
+
+# ------------------------------------------------------------------ repair by hand-computed ratios
+
+def test_repair_replaces_the_op_with_least_strength_lost_per_ms_saved():
+    g = _g([("sep_conv_3x3", 0), ("sep_conv_3x3", 1)], [("max_pool_3x3", 0), ("max_pool_3x3", 1)])
+    w_n = torch.tensor([[0.0, 0.1, 0.1, 0.8], [0.0, 0.3, 0.2, 0.5]])
+    w_r = torch.tensor([[0.0, 0.2, 0.8, 0.0], [0.0, 0.2, 0.8, 0.0]])
+    # candidates (lost / saved): n0 -> skip 0.7/1.0, n0 -> pool 0.7/0.8; n1 -> skip 0.2/2.0 = 0.1 (best),
+    # n1 -> pool 0.3/1.7; reduce pools -> none cheaper except nothing (skip 0.5 > 0.4).
+    new, change = repair_step(g, _costs(), (w_n, w_r))
+    assert change["from"] == "sep_conv_3x3" and change["to"] == "skip_connect" and change["input"] == 1
+    assert change["ms_saved"] == pytest.approx(2.0) and change["strength_lost"] == pytest.approx(0.2)
+    assert genotype_latency(new, _costs()) == pytest.approx(genotype_latency(g, _costs()) - 2.0)
+    # With the skip limit reached, the skip is not allowed: n1 -> pool (0.3/1.7) beats n0 -> pool (0.7/0.8).
+    new, change = repair_step(_g([("skip_connect", 0), ("sep_conv_3x3", 1)], g.reduce), _costs(), (w_n, w_r),
+                              skip_limit=1)
+    assert change["to"] == "max_pool_3x3" and change["input"] == 1
+    # Nothing left to make cheaper.
+    assert repair_step(_g([("skip_connect", 0), ("skip_connect", 1)], g.reduce), _costs()) is None
+
+
+class TableTimer:
+    """Measures what the table predicts times ``factor`` (a machine slower than its table)."""
+
+    def __init__(self, costs, factor):
+        self.costs, self.factor, self.calls = costs, factor, 0
+
+    def __call__(self, net, spec):
+        from nasdeploy.latency.measure import LatencyStats
+
+        self.calls += 1
+        ms = self.factor * genotype_latency(net.genotype, self.costs)
+        return LatencyStats(1, 0, 1, ms, 0.0, ms, ms, ms, ms, 1000 / ms)
+
+
+def _budget(target, factor, monkeypatch):
+    monkeypatch.setattr(budget_mod, "deploy_network", lambda g, spec: type("Net", (), {"genotype": g})())
+    costs = _costs()
+    return Budget(target, TINY, LatencyTable({"id": "x"}), costs, TableTimer(costs, factor), {"batch": 1})
+
+
+def test_verify_repairs_until_the_measured_network_fits(monkeypatch):
+    g = _g([("sep_conv_3x3", 0), ("sep_conv_3x3", 1)], [("max_pool_3x3", 0), ("max_pool_3x3", 1)])
+    b = _budget(4.0, 1.1, monkeypatch)  # predicted 1 + 3 + 0.8 = 4.8, measured 5.28 > 4
+    fixed, rec = b.verify(g)
+    assert rec["verdict"] == "within" and rec["measured_p50_ms"] <= 4.0
+    assert rec["repairs"] and len(rec["rounds"]) == 2 and rec["rounds"][0]["measured_p50_ms"] > 4.0
+    assert fixed != g and rec["predicted_ms"] == pytest.approx(4.8)
+
+
+def test_verify_fails_clearly_when_no_repair_can_fit(monkeypatch):
+    g = _g([("skip_connect", 0), ("skip_connect", 1)], [("max_pool_3x3", 0), ("max_pool_3x3", 1)])
+    with pytest.raises(LatencyTargetError, match="no kept op can get cheaper.*load average"):
+        _budget(1.0, 1.0, monkeypatch).verify(g)
+
+
+# ------------------------------------------------------------------ refusal before the table; untrusted tables
+
+def test_out_of_range_budget_is_refused_after_the_probes_alone(tmp_path, digits, monkeypatch):
+    from nasdeploy.strategies.darts import search
+
+    timer = CountingTimer()
+    monkeypatch.setattr(budget_mod, "ort_timer", lambda *a, **k: timer)
+    cfg = SearchConfig(epochs=1, batch_size=64, C=4, layers=3, steps=2, multiplier=2, latency_target=1e-5,
+                       latency_table=str(tmp_path / "t.json"), latency_calibration=3)
+    with pytest.raises(LatencyTargetError, match="below the fastest.*measured p50.*load average"):
+        search(cfg, digits, tmp_path / "run", progress=False, deploy=TrainConfig(C=4, layers=3))
+    spec = DeploySpec.from_configs(cfg, TrainConfig(C=4, layers=3), digits.spec.input_shape, 10)
+    n_probes = sum(len(v) for v in probe_genotypes(spec).values())
+    assert timer.calls == n_probes  # no table piece was timed
+    table = LatencyTable.load(tmp_path / "t.json")
+    assert not table.entries and len(table.probes[spec.key()]) == n_probes
+
+
+def test_negative_entries_are_re_measured_then_refused_with_the_load_average(tmp_path):
+    timer = CountingTimer()
+    table = LatencyTable.load_or_measure(TINY, tmp_path / "t.json", calibrate=3, timer=timer, progress=False)
+    assert table_problems(table, TINY) == []
+    key = next(iter(table.entries))
+    table.entries[key]["ms"] = -0.01
+    assert "negative" in table_problems(table, TINY)[0]
+    check_table(table, TINY, timer, calibrate=3, progress=False)  # re-measured: fine again
+    assert table.entries[key]["ms"] >= 0
+
+    class Negative(CountingTimer):  # every network times faster than the skeleton: a busy, erratic machine
+        def __call__(self, net, spec):
+            s = super().__call__(net, spec)
+            return type(s)(**{**s.to_dict(), "p50_ms": 0.001})
+
+    table.entries[key]["ms"] = -0.01
+    with pytest.raises(ProfileError, match="negative per-op costs.*load average"):
+        check_table(table, TINY, Negative(), calibrate=3, progress=False)
+
+
+# ------------------------------------------------------------------ skip limit inside the penalty's derivation
+
+def test_penalty_prices_the_skip_limited_genotype():
+    from nasdeploy.space.primitives import PRIMITIVES
+    from nasdeploy.space.search_network import SearchNetwork
+
+    net = SearchNetwork(4, 10, 3, in_channels=1, steps=2, multiplier=2, primitives=PRIMITIVES)
+    with torch.no_grad():
+        net.alphas_normal.zero_()
+        net.alphas_normal[:, PRIMITIVES.index("skip_connect")] = 3.0  # plain derivation: all skips
+    rows = net.alphas_normal.shape[0]
+    normal = torch.zeros(rows, len(PRIMITIVES), dtype=torch.float64)
+    normal[:, [PRIMITIVES.index(p) for p in PRIMITIVES if p not in ("none", "skip_connect")]] = 1.0
+    costs = LatencyCosts(normal=normal, reduce=torch.zeros_like(normal), base_ms=1.0, primitives=PRIMITIVES, steps=2)
+
+    def derive(m):
+        return limit_skips(m.alphas_normal, m.alphas_reduce, PRIMITIVES, 2, 2, 1)
+
+    limited = float(search_penalty(costs, 10.0, 1.0, derive=derive, under=0.0, aim=0.0, check=False)(net).detach())
+    plain = float(search_penalty(costs, 10.0, 1.0, under=0.0, aim=0.0, check=False)(net).detach())
+    assert plain == pytest.approx(0.1)  # base only: every kept edge is a free skip
+    assert limited == pytest.approx((1.0 + 3.0) / 10.0)  # 3 of the 4 kept edges lose their skip
+
+
+# ------------------------------------------------------------------ another machine's table
+
+def _kit_result(tmp_path, spec, threads=2) -> dict:
+    """A runner result made from a local table's own timings (the runner's output schema)."""
+    local = LatencyTable.load_or_measure(spec, tmp_path / "local.json", calibrate=3, timer=CountingTimer(),
+                                         progress=False)
+    measured_range(local, spec, CountingTimer())
+    fx = local.fixed[spec.key()]
+    timings = [{"kind": "skeleton", "name": "skeleton", "stats": fx["stats"]},
+               {"kind": "skeleton", "name": "skeleton_all_inputs", "stats": fx["stats_all_inputs"]}]
+    for key, e in local.entries.items():
+        op, c, hw, s, _ = key.split("|")
+        h, w = hw.split("x")
+        timings.append({"kind": "entry", "name": key, "op": op, "klass": [int(c[1:]), int(h), int(w), int(s[1:])],
+                        "edges": e["edges"], "stats": e["stats"]})
+    timings += [{"kind": "calibration", "name": f"c{k}", "genotype": n["genotype"],
+                 "stats": {"p50_ms": n["p50_ms"]}} for k, n in enumerate(local.calibration[spec.key()]["networks"])]
+    timings += [{"kind": "probe", "name": name, "side": p["side"], "genotype": p["genotype"], "stats": p["stats"]}
+                for name, p in local.probes[spec.key()].items()]
+    fp = {**local.fingerprint, "cpu": "serving box", "threads": threads, "id": "serving0000"}
+    from dataclasses import asdict
+
+    return {"format": "nasdeploy.latency_table/1", "fingerprint": fp, "timings": timings,
+            "spec": {**asdict(spec), "primitives": list(spec.primitives)}, "local": local}
+
+
+def test_a_kit_result_is_used_whatever_the_fingerprint_and_refused_for_another_deployment(tmp_path):
+    d = _kit_result(tmp_path, TINY)
+    local = d.pop("local")
+    path = tmp_path / "serving.json"
+    path.write_text(json.dumps(d))
+    table, is_local = LatencyTable.open(TINY, path)
+    assert not is_local and table.fingerprint["threads"] == 2
+    assert table.entries.keys() == local.entries.keys()
+    assert torch.allclose(table.costs(TINY).normal, local.costs(TINY).normal)
+    assert measured_range(table, TINY, None)[:2] == measured_range(local, TINY, None)[:2]
+    wider = DeploySpec(C=8, layers=3, in_channels=1, H=8, W=8, num_classes=10, steps=2, multiplier=2)
+    with pytest.raises(ProfileError, match=r"another deployment \(C = 4 there, 8 here\)"):
+        LatencyTable.open(wider, path)
+
+
+@pytest.mark.slow
+def test_kit_runner_needs_no_torch_and_steers_a_search(tmp_path, digits):
+    """Kit → a venv with only numpy + onnxruntime → runner at 2 threads → search steered by its table."""
+    from nasdeploy.latency.kit import RUNNER, write_kit
+    from nasdeploy.strategies.darts import search
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "numpy", "onnxruntime"], check=True, timeout=600)
+    assert subprocess.run([str(py), "-c", "import torch"], capture_output=True).returncode != 0
+    deploy = TrainConfig(C=4, layers=3)
+    cfg = SearchConfig(epochs=1, batch_size=64, C=4, layers=3, steps=2, multiplier=2, latency_calibration=3)
+    spec = DeploySpec.from_configs(cfg, deploy, digits.spec.input_shape, digits.spec.num_classes)
+    kit = tmp_path / "kit"
+    write_kit(spec, kit, calibrate=3, warmup=5, repeats=50, min_time_s=0.0, progress=False)
+    out = tmp_path / "serving.json"
+    run = subprocess.run([str(py), str(kit / RUNNER), "--threads", "2", "--out", str(out)], capture_output=True,
+                         text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    table, local = LatencyTable.open(spec, out)
+    assert not local and table.fingerprint["threads"] == 2 and not table_problems(table, spec)
+    lo, hi, _ = measured_range(table, spec, None)
+    from nasdeploy.config import replace
+
+    res = search(replace(cfg, latency_target=(lo + hi) / 2, latency_table=str(out)), digits, tmp_path / "run",
+                 progress=False, deploy=deploy)
+    rec = json.loads((tmp_path / "run" / "search" / "latency_budget.json").read_text())
+    assert rec["verdict"] == "predicted-only" and rec["threads"] == 2
+    assert rec["deployed_predicted_ms"] == pytest.approx(genotype_latency(res.genotype, table.costs(spec)))
