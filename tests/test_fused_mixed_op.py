@@ -192,10 +192,11 @@ def test_search_step_parity_float32(conv, batch):
         torch.testing.assert_close(s1[name], s0[name], rtol=1e-3, atol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("conv", ["native", "kernel"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_eval_mode_runs_fused_with_running_statistics(conv, stride):
-    ref, fused = _pair(4, stride, torch.float64, "cpu")
+def test_eval_mode_runs_fused_with_running_statistics(device, conv, stride):
+    ref, fused = _pair(4, stride, torch.float64, device)
     fused.conv_path = conv
     for m in ref.modules():  # running statistics far from the batch's, so using them shows
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -204,7 +205,8 @@ def test_eval_mode_runs_fused_with_running_statistics(conv, stride):
     fused.load_state_dict(ref.state_dict())
     ref.eval()
     fused.eval()
-    x, w = torch.randn(2, 4, 7, 9, dtype=torch.float64), torch.softmax(torch.randn(8, dtype=torch.float64), 0)
+    kw = dict(dtype=torch.float64, device=device)
+    x, w = torch.randn(2, 4, 7, 9, **kw), torch.softmax(torch.randn(8, **kw), 0)
     g = torch.randn_like(ref(x, w))
     with torch.profiler.profile() as prof:
         f = _run(fused, x, w, g)

@@ -162,3 +162,21 @@ def test_recomputed_conv_branches_update_running_statistics_once():
     for name, t in ref.state_dict().items():
         torch.testing.assert_close(fused.state_dict()[name], t, rtol=1e-5, atol=1e-6, msg=name)
     assert all(int(b) == 1 for n, b in fused.state_dict().items() if n.endswith("num_batches_tracked"))
+
+
+HAS_GPU = torch.cuda.is_available() and kernel_status()["cuda"]["available"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no GPU/CUDA kernel")
+def test_cuda_search_step_runs_fused_without_synchronizing():
+    net = _net("auto").cuda()
+    x, y = torch.randn(4, 1, 8, 8, device="cuda"), torch.randint(0, 3, (4,), device="cuda")
+    F.cross_entropy(net(x), y).backward()  # warm-up: allocator, cuDNN plans
+    names = _profiled(lambda: F.cross_entropy(net(x), y).backward())
+    assert names.count(FUSED) == names.count(FUSED_BACKWARD) == _edges(net)
+    torch.cuda.set_sync_debug_mode("error")  # any host-device synchronization raises
+    try:
+        F.cross_entropy(net(x), y).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
