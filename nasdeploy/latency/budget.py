@@ -65,8 +65,9 @@ def _fewest_strided(steps: int) -> list[int]:
 def probe_genotypes(spec: DeploySpec) -> dict[str, dict[str, Genotype]]:
     """Networks at the ends of the space: ``{"fast": {name: g}, "slow": {name: g}}``.
 
-    Fast: every normal edge a skip (an Identity), the reduction cell's edges one parameter-free
-    op, on the topology with the fewest strided edges. Slow: one convolution on every edge of
+    One each, so that a refusal costs two exports: fast — every normal edge a skip (an Identity),
+    the reduction cell's edges a max pool (else the first parameter-free op), on the topology with
+    the fewest strided edges; slow — sep_conv_5x5 (else the first convolution) on every edge of
     both cells, every node reading both cell inputs (the most strided edges).
     """
     ops = candidate_ops(spec.primitives)
@@ -74,17 +75,21 @@ def probe_genotypes(spec: DeploySpec) -> dict[str, dict[str, Genotype]]:
     few, many = _fewest_strided(spec.steps), [0, 1] * spec.steps
     free = [o for o in ops if o in PARAMETER_FREE] or list(ops)
     normal_op = "skip_connect" if "skip_connect" in ops else free[0]
-    fast = {f"normal {normal_op}, reduce {o}": Genotype(tuple((normal_op, j) for j in few), concat,
-                                                        tuple((o, j) for j in few), concat) for o in free}
+    red = "max_pool_3x3" if "max_pool_3x3" in free else free[0]
     convs = [o for o in ops if o not in PARAMETER_FREE] or list(ops)
-    slow = {f"all {o}": Genotype(tuple((o, j) for j in many), concat, tuple((o, j) for j in many), concat)
-            for o in convs}
-    return {"fast": fast, "slow": slow}
+    big = "sep_conv_5x5" if "sep_conv_5x5" in convs else convs[0]
+    return {"fast": {f"normal {normal_op}, reduce {red}": Genotype(tuple((normal_op, j) for j in few), concat,
+                                                                   tuple((red, j) for j in few), concat)},
+            "slow": {f"all {big}": Genotype(tuple((big, j) for j in many), concat, tuple((big, j) for j in many),
+                                            concat)}}
 
 
-def measured_range(table: LatencyTable, spec: DeploySpec, timer: Timer | None, progress: bool = False
-                   ) -> tuple[float, float, dict]:
-    """(fastest, slowest) measured p50 of the probe networks; measures the ones the table lacks (timer None: none)."""
+def measured_range(table: LatencyTable, spec: DeploySpec, timer: Timer | None, progress: bool = False,
+                   target: float | None = None) -> tuple[float, float, dict]:
+    """(fastest, slowest) measured p50 of the probe networks; measures the ones the table lacks (timer None: none).
+
+    With ``target``, a budget below the fast probe is refused before the slow one is measured.
+    """
     probes = table.probes.setdefault(spec.key(), {})
     todo = [(side, name, g) for side, gs in probe_genotypes(spec).items() for name, g in gs.items()
             if name not in probes]
@@ -97,8 +102,10 @@ def measured_range(table: LatencyTable, spec: DeploySpec, timer: Timer | None, p
                         "load_avg": load_avg()}
         if progress:
             print(f"probe {name}: {stats.p50_ms:.4f} ms", flush=True)
-    if todo and table.path is not None:
-        table.save(table.path)
+        if table.path is not None:
+            table.save(table.path)
+        if side == "fast" and target is not None and target < stats.p50_ms:
+            check_budget(target, stats.p50_ms, float("inf"), "measured p50 of its fastest probe network")
     fast = min(p["p50_ms"] for p in probes.values() if p["side"] == "fast")
     slow = max(p["p50_ms"] for p in probes.values() if p["side"] == "slow")
     return fast, slow, probes
@@ -110,9 +117,10 @@ def check_budget(target: float, lo: float, hi: float, what: str) -> None:
         raise LatencyTargetError(f"latency target {target!r} ms is not positive",
                                  f"give a budget in ms between {lo:.4g} and {hi:.4g}")
     if target < lo:
+        span = f"{lo:.4g}–{hi:.4g} ms" if hi < float("inf") else f"{lo:.4g} ms"
         raise LatencyTargetError(
-            f"latency budget {target:.4g} ms is below the fastest derivable network ({what}: {lo:.4g}–{hi:.4g} ms, "
-            f"{_busy()})", f"choose a budget between {lo:.4g} and {hi:.4g} ms, or fewer channels/cells")
+            f"latency budget {target:.4g} ms is below the fastest derivable network ({what}: {span}, {_busy()})",
+            f"choose a budget of at least {lo:.4g} ms, or fewer channels/cells")
     if target > hi:
         raise LatencyTargetError(
             f"latency budget {target:.4g} ms is above the slowest derivable network ({what}: {lo:.4g}–{hi:.4g} ms): "
@@ -279,7 +287,7 @@ def prepare(search_cfg, deploy_cfg, input_shape: Sequence[int], num_classes: int
     timer = ort_timer(s.latency_threads, s.latency_opt_level, p.provider, warmup=max(p.warmup, 30),
                       repeats=max(p.repeats, 300), min_time_s=max(p.min_time_s, 0.2),
                       opset=getattr(deploy_cfg, "opset", None) or 20) if local else None
-    lo, hi, _ = measured_range(table, spec, timer, progress)
+    lo, hi, _ = measured_range(table, spec, timer, progress, target=s.latency_target)
     fp = table.fingerprint
     check_budget(s.latency_target, lo, hi, "measured p50 of its fastest and slowest probe networks"
                  + ("" if local else f" on {fp.get('cpu')}"))
