@@ -272,11 +272,12 @@ class Budget:
 
 
 def prepare(search_cfg, deploy_cfg, input_shape: Sequence[int], num_classes: int, progress: bool = True,
-            profile_cfg=None) -> Budget:
+            profile_cfg=None, opset: int = 20) -> Budget:
     """The :class:`Budget` of a search: probes first (refusing an impossible budget), then the trusted table.
 
     ``deploy_cfg`` is the TrainConfig of the served network; ``profile_cfg`` (ProfileConfig) the
-    warm-up/repeats of the measurements (``profile``'s defaults when None).
+    warm-up/repeats of the measurements (``profile``'s defaults when None); ``opset`` the run's
+    ``[export] opset``, at which every piece is exported.
     """
     from ..config import ProfileConfig
 
@@ -286,7 +287,7 @@ def prepare(search_cfg, deploy_cfg, input_shape: Sequence[int], num_classes: int
     p = profile_cfg or ProfileConfig()
     timer = ort_timer(s.latency_threads, s.latency_opt_level, p.provider, warmup=max(p.warmup, 30),
                       repeats=max(p.repeats, 300), min_time_s=max(p.min_time_s, 0.2),
-                      opset=getattr(deploy_cfg, "opset", None) or 20) if local else None
+                      opset=opset) if local else None
     lo, hi, _ = measured_range(table, spec, timer, progress, target=s.latency_target)
     fp = table.fingerprint
     check_budget(s.latency_target, lo, hi, "measured p50 of its fastest and slowest probe networks"

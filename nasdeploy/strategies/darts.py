@@ -176,7 +176,7 @@ def search(
 
         # Measured probes first: an impossible budget is refused in seconds, before any table is built.
         budget = prepare(cfg, deploy if deploy is not None else _run_train_config(run), data.spec.input_shape,
-                         data.spec.num_classes, progress)
+                         data.spec.num_classes, progress, opset=_run_opset(run))
         latency_costs = budget.costs
         # The penalty prices the genotype that will be deployed: derive() applies the skip limit.
         penalty = search_penalty(latency_costs, cfg.latency_target, cfg.latency_weight, derive=lambda m: derive(m, cfg),
@@ -347,6 +347,13 @@ def _run_train_config(run: RunDir) -> TrainConfig:
         raise ConfigError(f"a latency target needs the deployed network's C/layers, and {run.config} does not exist",
                           "pass deploy=TrainConfig(C=..., layers=...) or use nasdeploy.search (the run's [train])")
     return load_config_file(run.config).train
+
+
+def _run_opset(run: RunDir) -> int:
+    """The ONNX opset the run exports with (``[export] opset``), which the latency pieces are exported at too."""
+    from ..config import ExportConfig, load_config_file
+
+    return (load_config_file(run.config).export if run.config.is_file() else ExportConfig()).opset
 
 
 def supernet_mismatch(ck: dict, cfg: SearchConfig) -> str | None:
