@@ -112,13 +112,22 @@ def dockerfile_stages(text: str) -> dict[str, dict]:
         cur["instructions"].append((word, rest.strip()))
         if word in ("ENV", "ARG"):
             for tok in shlex.split(rest):
-                if "=" in tok:
-                    k, v = tok.split("=", 1)
-                    cur["vars"][k] = v
+                k, _, v = tok.partition("=")
+                # A bare `ARG NAME` in a stage takes the global default.
+                cur["vars"][k] = v if "=" in tok else global_args.get(k, cur["vars"].get(k, ""))
         elif word == "RUN":
             cur["run"].append(re.sub(r"^(--\S+\s+)+", "", rest.strip()))
     stages["__args__"] = {"vars": global_args}
     return stages
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), m.group(0)), value)
+
+
+def stage_base(stages: dict, name: str) -> str:
+    """The image or stage stage ``name`` starts from, for the default build args."""
+    return _expand(stages[name]["from"], stages["__args__"]["vars"])
 
 
 def stage_env(stages: dict, name: str) -> dict[str, str]:
@@ -128,10 +137,9 @@ def stage_env(stages: dict, name: str) -> dict[str, str]:
     chain, cur = [], name
     while cur in stages and cur != "__args__":
         chain.append(cur)
-        base = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), stages[cur]["from"])
-        cur = base
+        cur = stage_base(stages, cur)
     for s in reversed(chain):
-        env.update(stages[s]["vars"])
+        env.update({k: _expand(v, {**args, **env}) for k, v in stages[s]["vars"].items()})
     return env
 
 
@@ -154,17 +162,34 @@ def test_dockerfile_installs_exactly_as_the_readme_says():
 def test_dockerfile_is_multistage_cpu_by_default_with_a_cuda_build_arg():
     text = DOCKERFILE.read_text(encoding="utf-8")
     stages = dockerfile_stages(text)
-    assert stages["__args__"]["vars"]["VARIANT"] == "cpu"
-    assert stages["build-cpu"]["from"] == "python:3.11-slim"
-    assert stages["runtime-cpu"]["from"].startswith("python:3.11-slim")
-    assert "-devel-" in stages["build-cuda"]["from"] and stages["build-cuda"]["from"].startswith("nvidia/cuda:")
+    args = stages["__args__"]["vars"]
+    assert args["VARIANT"] == "cpu"
+    # The CPU base is a build argument whose default is the official slim image.
+    assert stages["build-cpu"]["from"] == stages["runtime-cpu"]["from"] == "${BASE_IMAGE}"
+    assert stage_base(stages, "build-cpu") == args["BASE_IMAGE"] == "python:3.11-slim"
+    cuda_build, cuda_runtime = stage_base(stages, "build-cu128"), stage_base(stages, "runtime-cu128")
+    assert cuda_build.startswith("nvidia/cuda:12.8") and "-devel-" in cuda_build
+    assert cuda_runtime.startswith("nvidia/cuda:12.8") and "-devel-" not in cuda_runtime
     assert stages["build"]["from"] == "build-${VARIANT}" and stages["runtime"]["from"] == "runtime-${VARIANT}"
-    assert stage_env(stages, "build")["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
-    assert stages["build-cuda"]["vars"]["TORCH_INDEX_URL"].startswith("https://download.pytorch.org/whl/cu")
+    # The torch index follows the variant and is an ARG (overridable with --build-arg), never an ENV.
+    for stage in ("build", "runtime"):
+        assert ("ARG", "TORCH_INDEX_URL=https://download.pytorch.org/whl/${VARIANT}") in stages[stage]["instructions"]
+        assert stage_env(stages, stage)["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+    assert not re.search(r"^ENV\b.*TORCH_INDEX_URL", text, flags=re.M)
     # The same pinned torch in both stages, from the variant's index.
     for stage in ("build", "runtime"):
         runs = " ".join(stages[stage]["run"])
         assert f'pip install --no-cache-dir {TORCH_PIN} --index-url "${{TORCH_INDEX_URL}}"' in runs
+
+
+def test_a_debian_python_base_gets_its_headers_and_no_layer_keeps_an_apt_cache():
+    stages = dockerfile_stages(DOCKERFILE.read_text(encoding="utf-8"))
+    build_cpu = " ".join(stages["build-cpu"]["run"])
+    assert "g++" in build_cpu and "python3-dev" in build_cpu  # Python.h for setup.py on Debian's python3
+    for name, stage in stages.items():
+        for run in stage.get("run", []):
+            if "apt-get install" in run:
+                assert "apt-get clean" in run and "rm -rf /var/lib/apt/lists/*" in run, f"{name}: {run}"
 
 
 def test_build_stage_compiles_installs_and_runs_the_tests_as_a_normal_user():
@@ -173,9 +198,13 @@ def test_build_stage_compiles_installs_and_runs_the_tests_as_a_normal_user():
     runs = [rest for word, rest in build if word == "RUN"]
     assert any("pip install" in r and '".[dev' in r for r in runs)  # builds _mixedop (and _mixedop_cuda on CUDA)
     users = [i for i, (word, _) in enumerate(build) if word == "USER"]
-    test_at = next(i for i, (word, rest) in enumerate(build) if word == "RUN" and rest.startswith("pytest"))
+    # README's test command, exactly: CI runs the suite once, in the image build.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "&& python -m pytest\n" in readme
+    test_at = next(i for i, (word, rest) in enumerate(build) if word == "RUN" and rest == "python -m pytest")
     assert users and users[-1] < test_at and build[users[-1]][1].split(":")[0] not in ("root", "0")
     assert test_at == len(build) - 1  # the last step, so the runtime (which mounts /wheels) needs it to pass
+    assert any("ruff check ." in r and "lint-imports" in r for r in runs)  # CI's lint, once, here too
 
 
 def test_runtime_is_slim_non_root_with_the_nasdeploy_entrypoint():
