@@ -32,6 +32,7 @@ import torch
 
 from nasdeploy.artifacts import atomic_write, write_json
 from nasdeploy.config import PRESETS, SearchConfig, TrainConfig
+from nasdeploy.errors import NasdeployError
 from nasdeploy.latency.measure import machine_fingerprint
 from nasdeploy.latency.model import achievable_range, genotype_latency
 from nasdeploy.latency.table import DeploySpec, LatencyTable, deploy_network, ort_timer, random_genotype
@@ -236,8 +237,11 @@ def markdown(report: dict) -> str:
              f"- machine: {fp['cpu']}, {fp['logical_cores']} logical cores, onnxruntime {fp['onnxruntime']}, "
              f"{fp['threads']} thread, opt level `{fp['opt_level']}` (fingerprint `{fp['id']}`)", ""]
     for shape, r in report["shapes"].items():
+        if "spec" not in r:
+            continue
         spec = r["spec"]
         lines += [f"## {shape} (C={spec['C']}, {spec['layers']} cells, batch {spec['batch']})", "",
+                  *([f"- **table refused**: {r['table_refused']['error']}", ""] if "table_refused" in r else []),
                   f"- table: built in {r.get('table_s', float('nan')):.0f} s (load average {r.get('table_load_avg')});"
                   f" calibration {r.get('calibration')}",
                   f"- measured probe range {r['range_measured_ms'][0]:.4f}–{r['range_measured_ms'][1]:.4f} ms, "
@@ -346,7 +350,14 @@ def main(argv=None) -> int:
         from nasdeploy.latency.budget import check_table, measured_range
 
         timer = ort_timer(1, "all")
-        check_table(table, spec, timer, args.calibrate)
+        try:
+            check_table(table, spec, timer, args.calibrate)
+        except NasdeployError as e:  # a table measured under too much load: say so, go on with the next shape
+            r["table_refused"] = {"error": str(e), "load_avg": load_avg()}
+            log(f"{shape}: table refused: {e}")
+            save()
+            continue
+        r.pop("table_refused", None)
         lo, hi, _ = measured_range(table, spec, timer)
         costs = table.costs(spec)
         r.update(spec=spec.__dict__ | {"primitives": list(spec.primitives)}, table=str(table.path),
