@@ -205,7 +205,7 @@ def search(dataset, out, config_path, preset, resume, overwrite, quiet, order, d
         import json
 
         b = json.loads(budget.read_text(encoding="utf-8"))
-        measured = (f"measured p50 {b['measured_p50_ms']:.4f} ms ({b['verdict']} budget, {len(b['repairs'])} "
+        measured = (f"fresh-process p50 {b['measured_p50_ms']:.4f} ms ({b['verdict']} budget, {len(b['repairs'])} "
                     f"repair(s))" if b.get("measured_p50_ms") is not None else b.get("note", b["verdict"]))
         click.echo(f"latency budget {b['target_ms']:g} ms: predicted {b['deployed_predicted_ms']:.4f} ms, {measured}")
     click.echo(f"genotype: {Path(out) / 'search' / 'genotype.json'}   run summary: {Path(out) / 'summary.json'}")
@@ -238,8 +238,8 @@ def latency_table(dataset, table_path, deploy_channels, deploy_layers, steps, qu
     t0 = time.perf_counter()
     table = LatencyTable.load_or_measure(spec, s.latency_table, threads=s.latency_threads,
                                          opt_level=s.latency_opt_level, calibrate=s.latency_calibration,
-                                         timer=ort_timer(s.latency_threads, s.latency_opt_level,
-                                                         opset=cfg.export.opset), progress=not quiet)
+                                         timer=ort_timer(s.latency_threads, s.latency_opt_level),
+                                         progress=not quiet)
     lo, hi = achievable_range(table.costs(spec))
     cal = table.calibration.get(spec.key(), {})
     click.echo(f"deployed network: {spec.key()}  fingerprint {table.fingerprint['id']}")
@@ -286,7 +286,8 @@ def _deploy_spec(dataset, config_path, preset, deploy_channels, deploy_layers, s
     cfg = _load(config_path, preset, {"data": {"dataset": dataset}, "search": {**search_opts, "steps": steps},
                                       "train": {"C": deploy_channels, "layers": deploy_layers}})
     data = load_data(cfg)
-    return cfg, DeploySpec.from_configs(cfg.search, cfg.train, data.spec.input_shape, data.spec.num_classes)
+    return cfg, DeploySpec.from_configs(cfg.search, cfg.train, data.spec.input_shape, data.spec.num_classes,
+                                        opset=cfg.export.opset)
 
 
 def _print_genotype(g):

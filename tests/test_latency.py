@@ -49,12 +49,14 @@ def test_cache_key_changes_with_threads_and_shapes():
     fp = machine_fingerprint
     assert fp(threads=1, opt_level="all")["id"] != fp(threads=1, opt_level="basic")["id"]
     assert machine_fingerprint(threads=1)["id"] == machine_fingerprint(threads=1)["id"]
-    assert entry_key("sep_conv_3x3", 16, 8, 8, 1, 1) != entry_key("sep_conv_3x3", 16, 4, 4, 1, 1)
-    assert entry_key("sep_conv_3x3", 16, 8, 8, 1, 1) != entry_key("sep_conv_3x3", 32, 8, 8, 1, 1)
-    assert entry_key("sep_conv_3x3", 16, 8, 8, 1, 1) != entry_key("sep_conv_3x3", 16, 8, 8, 2, 1)
-    assert entry_key("sep_conv_3x3", 16, 8, 8, 1, 1) != entry_key("sep_conv_3x3", 16, 8, 8, 1, 8)
+    key = entry_key("sep_conv_3x3", 16, 8, 8, 1, 1, 20)
+    assert key != entry_key("sep_conv_3x3", 16, 4, 4, 1, 1, 20)
+    assert key != entry_key("sep_conv_3x3", 32, 8, 8, 1, 1, 20)
+    assert key != entry_key("sep_conv_3x3", 16, 8, 8, 2, 1, 20)
+    assert key != entry_key("sep_conv_3x3", 16, 8, 8, 1, 8, 20)
+    assert key != entry_key("sep_conv_3x3", 16, 8, 8, 1, 1, 18)
     wider = DeploySpec(C=8, layers=3, in_channels=1, H=8, W=8, num_classes=10, steps=2, multiplier=2)
-    assert TINY.key() != wider.key()
+    assert TINY.key() != wider.key() and TINY.key() != replace(TINY, opset=18).key()
     assert TINY.shape_classes() != wider.shape_classes()
 
 
@@ -89,6 +91,100 @@ def test_table_is_measured_once_then_reused_from_disk(tmp_path):
     tall = DeploySpec(C=4, layers=5, in_channels=1, H=8, W=8, num_classes=10, steps=2, multiplier=2)
     with pytest.raises(ProfileError, match=r"another deployment \(layers = 3 there, 5 here\)"):
         LatencyTable.load_or_measure(tall, path, threads=2, timer=other, progress=False)
+
+
+def _save_disjoint_entries(path: str, worker: int, n: int, barrier) -> None:
+    """One of two processes sharing a table file: n entries of its own, saved one at a time (as measure_missing)."""
+    table = LatencyTable({"id": "shared"})
+    barrier.wait()
+    for i in range(n):
+        table.entries[f"op{worker}|C{i}|8x8|s1|b1|o20"] = {"ms": float(i), "worker": worker}
+        table.save(path)
+
+
+def test_two_processes_saving_one_table_keep_each_others_entries(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "latency" / "shared.json"
+    ctx = multiprocessing.get_context("fork")  # the workers only write JSON
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_save_disjoint_entries, args=(str(path), w, 40, barrier)) for w in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    entries = LatencyTable.load(path).entries
+    assert len(entries) == 80 and {e["worker"] for e in entries.values()} == {0, 1}
+    assert not list(path.parent.glob("*.tmp*"))  # every write went through a temp file that was renamed
+
+    # What forget_untrusted drops is not taken back from the file by the next save.
+    table = LatencyTable.load_or_measure(TINY, tmp_path / "t.json", calibrate=3, timer=CountingTimer(),
+                                         progress=False)
+    bad = next(iter(table.entries))
+    table.entries[bad]["ms"] = -1.0
+    table.save(table.path)
+    table.forget_untrusted(TINY)
+    table.save(table.path)
+    on_disk = LatencyTable.load(table.path)
+    assert bad not in on_disk.entries and TINY.key() not in on_disk.calibration and TINY.key() in on_disk.fixed
+
+
+def test_table_keys_carry_the_opset_and_old_tables_read_as_opset_20(tmp_path, monkeypatch):
+    path = tmp_path / "t.json"
+    at20 = LatencyTable.load_or_measure(TINY, path, calibrate=3, timer=CountingTimer(), progress=False)
+    assert all(k.endswith("|o20") for k in at20.entries) and TINY.key().endswith("-o20")
+
+    # An opset-18 deployment does not use the opset-20 timings: it times its own, at opset 18.
+    spec18 = replace(TINY, opset=18)
+    seen = []
+
+    class Timer18(CountingTimer):
+        def __call__(self, net, spec):
+            seen.append(spec.opset)
+            return super().__call__(net, spec)
+
+    timer = Timer18()
+    both = LatencyTable.load_or_measure(spec18, path, calibrate=3, timer=timer, progress=False)
+    assert timer.calls == len(at20.entries) + 2 + 3 and set(seen) == {18}
+    assert set(at20.entries) & {k for k in both.entries if k.endswith("|o18")} == set()
+    assert spec18.key() in both.fixed and TINY.key() in both.fixed
+
+    # ort_timer exports at the spec's opset.
+    import contextlib
+
+    import nasdeploy.latency.table as table_mod
+
+    opsets = []
+
+    @contextlib.contextmanager
+    def fake_export(net, x, prefix="", opset=20):
+        opsets.append(opset)
+        yield "model.onnx"
+
+    monkeypatch.setattr(table_mod, "exported", fake_export)
+    monkeypatch.setattr(table_mod, "time_onnx", lambda *a, **k: CountingTimer()(torch.nn.Identity(), spec18))
+    table_mod.ort_timer()(torch.nn.Identity(), spec18)
+    assert opsets == [18]
+
+    # A table written before keys carried the opset: the same timings, read as opset 20, nothing re-timed.
+    d = json.loads(json.dumps(at20.to_dict()).replace("|o20", "").replace("-o20", ""))
+    for fx in d["fixed"].values():
+        del fx["spec"]["opset"]
+    assert not any("o20" in k for k in d["entries"]) and "opset" not in next(iter(d["fixed"].values()))["spec"]
+    old, old_copy = tmp_path / "old.json", tmp_path / "old_copy.json"
+    old.write_text(json.dumps(d))
+    old_copy.write_text(json.dumps(d))
+    again = CountingTimer()
+    read = LatencyTable.load_or_measure(TINY, old, calibrate=3, timer=again, progress=False)
+    assert again.calls == 0 and read.entries == at20.entries and read.probes.keys() == at20.probes.keys()
+    g = random_genotype(__import__("random").Random(3), TINY.steps, TINY.multiplier)
+    assert read.predict_ms(g, TINY) == pytest.approx(at20.predict_ms(g, TINY))
+    assert LatencyTable.load_or_measure(spec18, old, calibrate=3, timer=again, progress=False).missing(spec18) == []
+    assert again.calls == len(at20.entries) + 2 + 3  # the opset-18 pieces were timed, the old ones kept
+    # Read as another machine's table (another thread count), an opset-18 search is told why it does not fit.
+    with pytest.raises(ProfileError, match=r"another deployment \(opset = 20 there, 18 here\)"):
+        LatencyTable.open(spec18, old_copy, threads=2)
 
 
 def test_table_prediction_is_calibrated_sum_of_entries(tmp_path):
@@ -199,12 +295,31 @@ def _tiny_cfg(tmp_path, target):
                         latency_weight=1.0, latency_table=str(tmp_path / "table.json"), latency_calibration=3)
 
 
+class FakeFresh:
+    """Stands in for ``kit.FreshProcessTimer``: CountingTimer figures, ``factor`` times them in the "fresh" runs."""
+
+    made: list = []  # the constructor arguments of every instance (prepare passes ort_timer's settings)
+
+    def __init__(self, *args, factor=1.0, **kw):
+        self.factor, self.timer = factor, CountingTimer()
+        FakeFresh.made.append((args, kw))
+
+    def compare(self, net, spec, runs=2):
+        here = self.timer(net, spec)
+        fresh = LatencyStats(**{**here.to_dict(), "p50_ms": here.p50_ms * self.factor})
+        return here, [fresh] * runs
+
+
 @pytest.fixture
 def fake_ort(monkeypatch):
     """Budget measurements (probes, verification) through CountingTimer instead of ONNX Runtime."""
     import nasdeploy.latency.budget as budget
 
-    monkeypatch.setattr(budget, "ort_timer", lambda *a, **k: CountingTimer())
+    made = []
+    monkeypatch.setattr(budget, "ort_timer", lambda *a, **k: made.append((a, k)) or CountingTimer())
+    monkeypatch.setattr(FakeFresh, "made", [])
+    monkeypatch.setattr(budget, "FreshProcessTimer", FakeFresh)
+    return made
 
 
 def test_latency_constrained_search_runs_end_to_end(digits, tmp_path, fake_ort):
@@ -228,6 +343,9 @@ def test_latency_constrained_search_runs_end_to_end(digits, tmp_path, fake_ort):
     assert isinstance(res.genotype, Genotype)
     budget = json.loads((tmp_path / "run" / "search" / "latency_budget.json").read_text())
     assert budget["verdict"] == "within" and budget["measured_p50_ms"] <= target
+    # verified by the fresh-process timer, made with the settings of the search's own timer
+    assert FakeFresh.made and all(m == fake_ort[-1] for m in FakeFresh.made)
+    assert budget["rounds"][-1]["fresh_p50_ms"] and budget["noise_margin"] >= 0.02
     assert budget["deployed_predicted_ms"] == pytest.approx(table.predict_ms(res.genotype, spec))
 
 

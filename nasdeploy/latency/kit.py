@@ -8,21 +8,27 @@ of ``latency.measure`` (``inspect.getsource``), the loop ``profile`` and the tab
 the raw timings as a table file that ``LatencyTable.load`` turns into entries with the table's
 own arithmetic (``fixed_record``, ``entry_record``, ``fit_calibration``), so
 ``nasdeploy search --latency-table THAT.json`` steers by the serving machine's numbers.
+
+The same embedded code times one file in a fresh process here (:class:`FreshProcessTimer`): the
+budget's verdict is what a new process that loads the exported model measures, not the search's.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import os
-from dataclasses import asdict
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
-from ..onnxio import Logits, torch_export
+from ..errors import ConfigError, ProfileError
+from ..onnxio import Logits, exported, first_line, torch_export
 from . import measure
-from .budget import probe_genotypes
+from .measure import LatencyStats
 from .table import (
     TABLE_FORMAT,
     DeploySpec,
@@ -33,13 +39,14 @@ from .table import (
     example_input,
     is_free,
     skeleton_network,
+    time_onnx,
 )
 
 KIT_FORMAT = "nasdeploy.latency_kit/1"
 RUNNER = "run_latency_kit.py"
 
 # The runner's own code around the embedded timing loop (no torch, no nasdeploy).
-_HEADER = '''#!/usr/bin/env python3
+_DOC = '''#!/usr/bin/env python3
 """Time the pieces of a nasdeploy latency kit on this machine; write a latency table JSON.
 
 Needs only Python 3.9+, numpy and onnxruntime:
@@ -49,7 +56,9 @@ Needs only Python 3.9+, numpy and onnxruntime:
 Then, on the machine that searches: nasdeploy search --latency-table table.json ...
 The functions below are nasdeploy.latency.measure's own (the loop `nasdeploy profile` uses).
 """
-from __future__ import annotations
+'''
+
+_HEADER = '''from __future__ import annotations
 
 import argparse
 import functools
@@ -70,7 +79,7 @@ import numpy as np
 
 class ProfileError(Exception):
     def __init__(self, problem, fix=None):
-        super().__init__(f"{{problem}} — {{fix}}" if fix else problem)
+        super().__init__(f"{problem} — {fix}" if fix else problem)
 
 '''
 
@@ -111,14 +120,27 @@ if __name__ == "__main__":
     sys.exit(main())
 '''
 
+# The fresh-process timer's main: one file, the settings as JSON in argv, the LatencyStats as JSON out.
+_TIME_ONE = '''
+
+def time_one(path: str, shape: list, timing: dict) -> dict:
+    sess = make_session(path, timing["provider"], timing["threads"], timing["opt_level"])
+    feeds = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    return measure(sess, feeds, warmup=timing["warmup"], repeats=timing["repeats"],
+                   min_time_s=timing["min_time_s"]).to_dict()
+
+
+print(json.dumps(time_one(sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]))))
+'''
+
 # What the runner embeds from latency.measure, in dependency order.
 _EMBEDDED = ("OPT_LEVELS", "_check_opt_level", "_check_threads", "_check_provider", "_cpu_model",
              "machine_fingerprint", "make_session", "LatencyStats", "_batch_of", "measure")
 
 
-def runner_source() -> str:
-    """The runner script: header, ``latency.measure``'s functions (their own source), ``main``."""
-    parts = [_HEADER.format(runner=RUNNER)]
+def _embedded_source() -> str:
+    """Imports, a stand-in ProfileError and ``latency.measure``'s functions (their own source): numpy + ORT only."""
+    parts = [_HEADER]
     src = inspect.getsource(measure)
     for name in _EMBEDDED:
         if name == "OPT_LEVELS":  # a constant: its assignment, as written in measure.py
@@ -126,11 +148,74 @@ def runner_source() -> str:
             parts.append(src[start:src.index("}\n", start) + 2])
         else:
             parts.append(inspect.getsource(getattr(measure, name)))
-    return "\n\n".join(parts) + _MAIN
+    return "\n\n".join(parts)
+
+
+def runner_source() -> str:
+    """The runner script: docstring, the embedded ``latency.measure`` functions, ``main``."""
+    return _DOC.format(runner=RUNNER) + _embedded_source() + _MAIN
+
+
+def fresh_source() -> str:
+    """The fresh-process timer's script (``python -c``): the embedded functions and one timing of one file."""
+    return _embedded_source() + _TIME_ONE
+
+
+@dataclass(frozen=True)
+class FreshProcessTimer:
+    """Time exported networks in fresh Python processes that import only numpy and onnxruntime.
+
+    What a new ``nasdeploy profile`` process measures, without the search process's state (its
+    allocator, threads, caches): each call starts ``python -c`` on :func:`fresh_source`, which makes
+    the session and runs ``latency.measure``'s loop with these settings (the ones the search's
+    ``ort_timer`` uses). As a :data:`~nasdeploy.latency.table.Timer` it measures one fresh process.
+    """
+
+    threads: int = 1
+    opt_level: str = "all"
+    provider: str = "CPUExecutionProvider"
+    warmup: int = 30
+    repeats: int = 300
+    min_time_s: float = 0.2
+    python: str = sys.executable
+    timeout_s: float = 600.0
+
+    def timing(self) -> dict:
+        return {"threads": self.threads, "opt_level": self.opt_level, "provider": self.provider,
+                "warmup": self.warmup, "repeats": self.repeats, "min_time_s": self.min_time_s}
+
+    def time_file(self, path: str | os.PathLike, shape: tuple[int, ...]) -> LatencyStats:
+        """One fresh process's figures for the ONNX file at ``path`` fed an input of ``shape``."""
+        cmd = [self.python, "-c", fresh_source(), str(path), json.dumps(list(shape)), json.dumps(self.timing())]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ProfileError(f"the fresh-process timing of {path} did not finish ({first_line(e)})",
+                               "check that this Python has onnxruntime and numpy") from None
+        if out.returncode != 0:
+            err = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ProfileError(f"the fresh-process timing of {path} failed: {err[:300]}",
+                               "check that this Python has onnxruntime and numpy")
+        return LatencyStats.from_dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    def __call__(self, net: torch.nn.Module, spec: DeploySpec) -> LatencyStats:
+        return self.compare(net, spec, 1, in_process=False)[1][0]
+
+    def compare(self, net: torch.nn.Module, spec: DeploySpec, runs: int = 2,
+                in_process: bool = True) -> tuple[LatencyStats | None, list[LatencyStats]]:
+        """Export ``net`` once (at ``spec.opset``); its in-process figure (this process, ``time_onnx``, the
+        search's loop; None without ``in_process``) and ``runs`` fresh-process figures of that same file."""
+        x = example_input(spec)
+        with exported(net, x, "nasdeploy-verify-", opset=spec.opset) as path:
+            here = (time_onnx(path, x.numpy(), self.provider, self.threads, self.opt_level, self.warmup,
+                              self.repeats, self.min_time_s) if in_process else None)
+            return here, [self.time_file(path, tuple(x.shape)) for _ in range(runs)]
 
 
 def kit_pieces(spec: DeploySpec, calibrate: int = 8, seed: int = 0) -> list[tuple[dict, torch.nn.Module]]:
     """(manifest entry, module) of every network the table of ``spec`` is computed from; probes first."""
+    from .budget import probe_genotypes  # budget uses this module's fresh-process timer
+
     pieces = []
     for side, gs in probe_genotypes(spec).items():
         for name, g in gs.items():
@@ -152,7 +237,7 @@ def kit_pieces(spec: DeploySpec, calibrate: int = 8, seed: int = 0) -> list[tupl
 
 
 def write_kit(spec: DeploySpec, out: str | os.PathLike, *, calibrate: int = 8, threads: int = 1,
-              opt_level: str = "all", opset: int = 20, warmup: int = 30, repeats: int = 300,
+              opt_level: str = "all", opset: int | None = None, warmup: int = 30, repeats: int = 300,
               min_time_s: float = 0.2, progress: bool = True) -> Path:
     """Write the kit of ``spec`` into ``out``; returns the runner's path.
 
@@ -161,7 +246,8 @@ def write_kit(spec: DeploySpec, out: str | os.PathLike, *, calibrate: int = 8, t
         out: the kit folder (created; an existing kit there is replaced).
         calibrate: random whole networks for the calibration fit.
         threads, opt_level: the runner's defaults (``--threads``, ``--opt-level`` override them).
-        opset: ONNX opset of the exported pieces (``[export] opset``).
+        opset: ONNX opset of the exported pieces; None: ``spec.opset`` (the ``[export] opset``; the table's
+            keys carry it, so another value is refused).
         warmup, repeats, min_time_s: the timing loop's settings (as the table's ``ort_timer``).
 
     Example:
@@ -172,6 +258,10 @@ def write_kit(spec: DeploySpec, out: str | os.PathLike, *, calibrate: int = 8, t
     from ..artifacts import atomic_write, ensure_dir, write_json
 
     root = Path(out)
+    if opset is not None and opset != spec.opset:
+        raise ConfigError(f"kit opset {opset} differs from the deployment's opset {spec.opset}",
+                          "build the DeploySpec with opset=... (DeploySpec.from_configs(..., opset=))")
+    opset = spec.opset
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--out {root} is a file", "give a folder for the kit")
     ensure_dir(root / "onnx")

@@ -20,16 +20,19 @@ network**:
 Each piece is exported with the deployment exporter (``deploy.export``'s
 dynamo path) and timed by ``latency.measure`` (the loop ``profile`` uses).
 The table is a JSON file ``latency/<fingerprint-id>.json`` (by default under
-``$NASDEPLOY_CACHE`` or ``~/.cache/nasdeploy``); entries are keyed by shape
-and batch, fixed parts and calibrations by the deployment spec, the file by
+``$NASDEPLOY_CACHE`` or ``~/.cache/nasdeploy``); entries are keyed by shape,
+batch and ONNX opset, fixed parts and calibrations by the deployment spec (which
+includes the opset; files without it were timed at opset 20), the file by
 the machine/runtime fingerprint (CPU, cores, ORT version, threads, opt
 level). ``load_or_measure`` measures only what the file lacks.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +51,7 @@ from ..space.primitives import PRIMITIVES, Identity
 from .measure import LatencyStats, machine_fingerprint, make_session, measure
 
 TABLE_FORMAT = "nasdeploy.latency_table/1"
+DEFAULT_OPSET = 20  # ExportConfig's default; tables written before keys carried the opset were timed at it
 # ms per call of a network; the table's timer is swappable (tests count calls).
 Timer = Callable[[nn.Module, "DeploySpec"], LatencyStats]
 
@@ -76,9 +80,10 @@ class DeploySpec:
     multiplier: int = 4
     batch: int = 1
     primitives: tuple[str, ...] = PRIMITIVES
+    opset: int = DEFAULT_OPSET  # the ONNX opset every piece is exported at (the run's [export] opset)
 
     def __post_init__(self):
-        for k in ("C", "layers", "in_channels", "H", "W", "num_classes", "steps", "multiplier", "batch"):
+        for k in ("C", "layers", "in_channels", "H", "W", "num_classes", "steps", "multiplier", "batch", "opset"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"deployment spec {k} = {v!r}: must be an integer >= 1", f"give {k} >= 1")
@@ -87,19 +92,27 @@ class DeploySpec:
         object.__setattr__(self, "primitives", tuple(self.primitives))
 
     @classmethod
-    def from_configs(cls, search_cfg, train_cfg, input_shape: Sequence[int], num_classes: int) -> DeploySpec:
-        """The served network: ``train_cfg``'s C/layers/stem, ``search_cfg``'s cell shape and latency batch."""
+    def from_configs(cls, search_cfg, train_cfg, input_shape: Sequence[int], num_classes: int,
+                     opset: int = DEFAULT_OPSET) -> DeploySpec:
+        """The served network: ``train_cfg``'s C/layers/stem, ``search_cfg``'s cell shape and latency batch.
+
+        ``opset``: the run's ``[export] opset``, at which the served model and every timed piece are exported.
+        """
         c, h, w = (int(v) for v in input_shape)
         return cls(
             C=train_cfg.C, layers=train_cfg.layers, in_channels=c, H=h, W=w, num_classes=num_classes,
             stem=stem_for((c, h, w), train_cfg.stem), steps=search_cfg.steps, multiplier=search_cfg.multiplier,
-            batch=getattr(search_cfg, "latency_batch", 1), primitives=search_cfg.primitives,
+            batch=getattr(search_cfg, "latency_batch", 1), primitives=search_cfg.primitives, opset=opset,
         )
 
     def key(self) -> str:
-        """Identifies fixed parts and calibrations (the primitives do not change those)."""
+        """Identifies fixed parts, calibrations and probes (the primitives do not change those)."""
         return (f"C{self.C}-L{self.layers}-in{self.in_channels}x{self.H}x{self.W}-k{self.num_classes}-{self.stem}"
-                f"-n{self.steps}m{self.multiplier}-b{self.batch}")
+                f"-n{self.steps}m{self.multiplier}-b{self.batch}-o{self.opset}")
+
+    def entry_key(self, op: str, klass: Sequence[int]) -> str:
+        """The table entry of ``op`` on edges of shape class ``klass`` ``(C, H, W, stride)`` in this deployment."""
+        return entry_key(op, *klass, self.batch, self.opset)
 
     def cells(self) -> list[tuple[bool, int, int, int]]:
         """Per cell: ``(reduction, C_curr, H_in, W_in)`` where H_in/W_in is the size of the cell's inputs."""
@@ -142,8 +155,26 @@ def edge_class(reduction: bool, C: int, H: int, W: int, j: int) -> tuple[int, in
     return C, H, W, stride
 
 
-def entry_key(op: str, C: int, H: int, W: int, stride: int, batch: int) -> str:
-    return f"{op}|C{C}|{H}x{W}|s{stride}|b{batch}"
+def entry_key(op: str, C: int, H: int, W: int, stride: int, batch: int, opset: int) -> str:
+    return f"{op}|C{C}|{H}x{W}|s{stride}|b{batch}|o{opset}"
+
+
+def _with_opset(d: dict) -> dict:
+    """A table dict whose keys carry the opset: files written before they did were timed at opset 20."""
+    def spec_key(k: str) -> str:
+        return k if re.search(r"-o\d+$", k) else f"{k}-o{DEFAULT_OPSET}"
+
+    entries = {}
+    for k, e in d.get("entries", {}).items():
+        if k.count("|") == 4:
+            k = f"{k}|o{DEFAULT_OPSET}"
+        entries[k] = {**e, "spec": spec_key(e["spec"])} if isinstance(e.get("spec"), str) else e
+    fixed = {}
+    for k, fx in d.get("fixed", {}).items():
+        fixed[spec_key(k)] = ({**fx, "spec": {"opset": DEFAULT_OPSET, **fx["spec"]}}
+                              if isinstance(fx.get("spec"), dict) else fx)
+    return {**d, "entries": entries, "fixed": fixed,
+            **{part: {spec_key(k): v for k, v in d.get(part, {}).items()} for part in ("calibration", "probes")}}
 
 
 def is_free(op: str, stride: int) -> bool:
@@ -217,16 +248,21 @@ def example_input(spec: DeploySpec) -> torch.Tensor:
     return torch.randn(spec.batch, spec.in_channels, spec.H, spec.W, generator=torch.Generator().manual_seed(0))
 
 
+def time_onnx(path: str | os.PathLike, x: np.ndarray, provider: str = "CPUExecutionProvider", threads: int = 1,
+              opt_level: str = "all", warmup: int = 30, repeats: int = 300, min_time_s: float = 0.2) -> LatencyStats:
+    """Time an ONNX file with input ``x`` in this process: ``latency.measure``'s session and loop."""
+    sess = make_session(path, provider, threads, opt_level)
+    return measure(sess, {sess.get_inputs()[0].name: x}, warmup=warmup, repeats=repeats, min_time_s=min_time_s)
+
+
 def ort_timer(threads: int = 1, opt_level: str = "all", provider: str = "CPUExecutionProvider",
-              warmup: int = 30, repeats: int = 300, min_time_s: float = 0.2, opset: int = 20) -> Timer:
-    """Export a module as ``deploy.export`` does (dynamo, one file, ``opset``) and time it with ``latency.measure``."""
+              warmup: int = 30, repeats: int = 300, min_time_s: float = 0.2) -> Timer:
+    """Export a module as ``deploy.export`` does (dynamo, one file, at ``spec.opset``) and time it in this process."""
 
     def run(net: nn.Module, spec: DeploySpec) -> LatencyStats:
         x = example_input(spec)
-        with exported(net, x, "nasdeploy-lut-", opset=opset) as path:
-            sess = make_session(path, provider, threads, opt_level)
-            name = sess.get_inputs()[0].name
-            return measure(sess, {name: x.numpy()}, warmup=warmup, repeats=repeats, min_time_s=min_time_s)
+        with exported(net, x, "nasdeploy-lut-", opset=spec.opset) as path:
+            return time_onnx(path, x.numpy(), provider, threads, opt_level, warmup, repeats, min_time_s)
 
     return run
 
@@ -248,12 +284,15 @@ class LatencyTable:
     calibration: dict[str, dict] = field(default_factory=dict)
     path: Path | None = None
     probes: dict[str, dict] = field(default_factory=dict)  # spec key -> probe name -> measured p50 (latency.budget)
+    # (part, key) removed by forget_untrusted since the last save: not taken back from the file on disk
+    _dropped: set[tuple[str, str]] = field(default_factory=set, repr=False, compare=False)
 
     # ---- lookup
-    def entry_ms(self, op: str, C: int, H: int, W: int, stride: int, batch: int) -> float:
-        if is_free(op, stride):
+    def entry_ms(self, spec: DeploySpec, op: str, klass: Sequence[int]) -> float:
+        """The marginal cost of ``op`` on one edge of shape class ``klass`` in ``spec`` (0 for free ops)."""
+        if is_free(op, klass[3]):
             return 0.0
-        key = entry_key(op, C, H, W, stride, batch)
+        key = spec.entry_key(op, klass)
         if key not in self.entries:
             raise ProfileError(f"latency table {self.path or ''} has no entry {key}",
                                "run `nasdeploy latency-table` for this deployment config")
@@ -265,9 +304,8 @@ class LatencyTable:
         if spec.key() not in self.fixed:
             todo.append(("fixed", spec.key()))
         for klass in spec.shape_classes():
-            C, H, W, s = klass
             for op in spec.primitives:
-                if not is_free(op, s) and entry_key(op, C, H, W, s, spec.batch) not in self.entries:
+                if not is_free(op, klass[3]) and spec.entry_key(op, klass) not in self.entries:
                     todo.append(("entry", (op, klass)))
         have = len(self.calibration.get(spec.key(), {}).get("networks", []))
         if calibrate > have:
@@ -276,24 +314,27 @@ class LatencyTable:
 
     def entry_keys(self, spec: DeploySpec) -> list[str]:
         """The table entries ``spec`` reads (every timed op of every shape class)."""
-        return [entry_key(op, *klass, spec.batch) for klass in spec.shape_classes() for op in spec.primitives
-                if not is_free(op, klass[3]) and entry_key(op, *klass, spec.batch) in self.entries]
+        return [spec.entry_key(op, klass) for klass in spec.shape_classes() for op in spec.primitives
+                if not is_free(op, klass[3]) and spec.entry_key(op, klass) in self.entries]
 
     def forget_untrusted(self, spec: DeploySpec) -> None:
         """Drop negative entries, a non-positive fixed part and the calibration, so they are timed again."""
         for k in self.entry_keys(spec):
             if self.entries[k]["ms"] < 0:
                 del self.entries[k]
+                self._dropped.add(("entries", k))
         if spec.key() in self.fixed and self.fixed[spec.key()]["ms"] <= 0:
             del self.fixed[spec.key()]
+            self._dropped.add(("fixed", spec.key()))
         self.calibration.pop(spec.key(), None)
+        self._dropped.add(("calibration", spec.key()))
 
     def raw_ms(self, genotype: Genotype, spec: DeploySpec) -> float:
         """Fixed part + sum of in-context entries (uncalibrated)."""
         total = float(self.fixed[spec.key()]["ms"])
         for red, edges in ((False, genotype.normal), (True, genotype.reduce)):
             for (op, _), per_cell in zip(edges, spec.edge_classes(red)):
-                total += sum(self.entry_ms(op, C, H, W, s, spec.batch) for C, H, W, s in per_cell)
+                total += sum(self.entry_ms(spec, op, k) for k in per_cell)
         return total
 
     def predict_ms(self, genotype: Genotype, spec: DeploySpec) -> float:
@@ -314,7 +355,7 @@ class LatencyTable:
         off, scale = self.calibration_of(spec)
         mats = []
         for red in (False, True):
-            rows = [[scale * sum(self.entry_ms(op, C, H, W, s, spec.batch) for C, H, W, s in per_cell)
+            rows = [[scale * sum(self.entry_ms(spec, op, k) for k in per_cell)
                      for op in spec.primitives] for per_cell in spec.edge_classes(red)]
             mats.append(torch.tensor(rows, dtype=torch.float64))
         return LatencyCosts(normal=mats[0], reduce=mats[1], base_ms=off + scale * float(self.fixed[spec.key()]["ms"]),
@@ -340,9 +381,9 @@ class LatencyTable:
                     bar.update(1)
                 elif kind == "entry":
                     op, klass = what
-                    bar.set_postfix_str(entry_key(op, *klass, spec.batch))
+                    bar.set_postfix_str(spec.entry_key(op, klass))
                     net, n = skeleton_network(spec, op=op, klass=klass)
-                    self.entries[entry_key(op, *klass, spec.batch)] = entry_record(
+                    self.entries[spec.entry_key(op, klass)] = entry_record(
                         self.fixed[spec.key()], klass, n, timer(net, spec), spec)
                     timed += 1
                     bar.update(1)
@@ -374,13 +415,43 @@ class LatencyTable:
                 "fixed": self.fixed, "calibration": self.calibration, "probes": self.probes}
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the table, merged with what another process wrote to ``path`` meanwhile (two searches, one cache).
+
+        Under an exclusive ``fcntl`` lock on ``<path>.lock``: the file on disk is read, its entries, fixed parts,
+        calibrations and probes that this table lacks are kept (this table's own win where both have one; the
+        ones :meth:`forget_untrusted` dropped stay dropped), and the result is written through a temp file and
+        ``os.replace``, so a reader never sees half a file and neither writer loses the other's pieces.
+        """
         from ..artifacts import ensure_dir, write_json
 
         path = Path(path)
         ensure_dir(path.parent)
-        write_json(path, self.to_dict())
+        with open(path.with_name(path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                write_json(path, self._merged_with(path))
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        self._dropped.clear()
         self.path = path
         return path
+
+    def _merged_with(self, path: Path) -> dict:
+        """``to_dict()`` plus the records of the table at ``path`` (same fingerprint) that this one lacks."""
+        mine = self.to_dict()
+        try:
+            disk = LatencyTable.load(path) if path.is_file() else None
+        except ProfileError:  # unreadable or not a table: replaced, as before
+            disk = None
+        if disk is None or disk.fingerprint.get("id") != self.fingerprint.get("id"):
+            return mine
+        theirs = disk.to_dict()
+        for part in ("entries", "fixed", "calibration"):
+            kept = {k: v for k, v in theirs[part].items() if (part, k) not in self._dropped}
+            mine[part] = {**kept, **mine[part]}
+        mine["probes"] = {k: {**theirs["probes"].get(k, {}), **mine["probes"].get(k, {})}
+                          for k in {**theirs["probes"], **mine["probes"]}}
+        return mine
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyTable:
@@ -396,6 +467,7 @@ class LatencyTable:
             raise ProfileError(f"{p} is not a {TABLE_FORMAT} file", "delete it and re-run `nasdeploy latency-table`")
         if "timings" in d:  # written by the latency kit's runner: raw timings of the kit's pieces
             return cls.from_timings(d, p)
+        d = _with_opset(d)
         return cls(d["fingerprint"], d.get("entries", {}), d.get("fixed", {}), d.get("calibration", {}), p,
                    d.get("probes", {}))
 
@@ -411,7 +483,7 @@ class LatencyTable:
             skel = {pc["name"]: LatencyStats.from_dict(pc["stats"]) for pc in by_kind.get("skeleton", [])}
             table.fixed[spec.key()] = fixed_record(spec, skel["skeleton"], skel["skeleton_all_inputs"])
             for pc in by_kind.get("entry", []):
-                table.entries[entry_key(pc["op"], *pc["klass"], spec.batch)] = entry_record(
+                table.entries[spec.entry_key(pc["op"], pc["klass"])] = entry_record(
                     table.fixed[spec.key()], tuple(pc["klass"]), pc["edges"], LatencyStats.from_dict(pc["stats"]),
                     spec)
             nets = [{"genotype": pc["genotype"], "raw_ms": table.raw_ms(Genotype.from_dict(pc["genotype"]), spec),
