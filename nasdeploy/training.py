@@ -63,6 +63,25 @@ def stem_for(input_shape: tuple[int, ...], stem: str) -> str:
     return "imagenet" if input_shape[1] >= 128 else "cifar"
 
 
+def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ``pad`` pixels in each direction, edges replicated.
+
+    The "random crop with padding" of the DARTS CIFAR recipe (pad 4 at 32x32), with the border
+    pixels repeated instead of zeros so that the background stays the background after normalization.
+    """
+    if pad <= 0:
+        return x
+    n, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    dy = torch.randint(2 * pad + 1, (n, 1), generator=generator).to(x.device)
+    dx = torch.randint(2 * pad + 1, (n, 1), generator=generator).to(x.device)
+    rows = dy + torch.arange(h, device=x.device)[None]  # n x h
+    cols = dx + torch.arange(w, device=x.device)[None]  # n x w
+    idx_n = torch.arange(n, device=x.device)[:, None, None, None]
+    idx_c = torch.arange(c, device=x.device)[None, :, None, None]
+    return xp[idx_n, idx_c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
 def cutout(x: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
     """Zero one ``length`` x ``length`` square per image, centred anywhere and clipped (DeVries & Taylor 2017).
 
@@ -181,11 +200,15 @@ def train(
             "use stem = cifar for small images",
         )
     cut_len = cfg.cutout_length or max(1, min(h, w) // 2)
+    if cfg.shift >= min(h, w):
+        raise ConfigError(f"train.shift = {cfg.shift}: a shift must be smaller than the {h}x{w} images",
+                          f"use shift < {min(h, w)} (about an eighth of the side: 1 at 8x8, 4 at 32x32)")
 
     # The only process-wide effect: seed the global RNG (weight init, drop-path masks).
     torch.manual_seed(cfg.seed)
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     cutout_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    shift_gen = torch.Generator().manual_seed(cfg.seed + 2)
 
     model = Network(
         genotype, cfg.C, spec.num_classes, cfg.layers, auxiliary=cfg.auxiliary, in_channels=c_in, stem=stem
@@ -208,6 +231,8 @@ def train(
         torch.set_rng_state(ranks[ctx.rank] if len(ranks) == ctx.world_size else state["rng"]["torch"])
         shuffle_gen.set_state(state["rng"]["shuffle"])
         cutout_gen.set_state(state["rng"]["cutout"])
+        if "shift" in state["rng"]:
+            shift_gen.set_state(state["rng"]["shift"])
         start_epoch, best_val_acc, best_epoch = state["epoch"], state["best_val_acc"], state["best_epoch"]
         partial = state.get("partial")
         if partial is not None:  # stopped by a signal mid-epoch: replay that epoch's order up to its step
@@ -238,6 +263,7 @@ def train(
                 "torch_ranks": dist.gather_rng(ctx),  # per-rank drop-path streams under torchrun
                 "shuffle": shuffle_gen.get_state(),
                 "cutout": cutout_gen.get_state(),
+                "shift": shift_gen.get_state(),
             },
         }
 
@@ -275,6 +301,8 @@ def train(
                     save_checkpoint(run.train_state, payload, "train_state")
                 bar.close()
                 raise dist.interrupted(stop, f"epoch {epoch + 1} step {step}", run.train_state)
+            if cfg.shift:  # like cutout, drawn on the global batch
+                xb = random_shift(xb, cfg.shift, shift_gen)
             if cfg.cutout:  # drawn on the global batch, so any number of ranks sees the same holes
                 xb = cutout(xb, cut_len, cutout_gen)
             if ctx.enabled:

@@ -10,11 +10,11 @@ def test_precedence_flag_over_file_over_preset(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text("[search]\nepochs = 7\nC = 6\n")
     cfg = load_config(p, preset="quick", overrides={"search": {"C": 10, "layers": None}})
-    assert cfg.search.epochs == 7  # file beats preset (10)
-    assert cfg.search.warmup_epochs == 3  # preset
+    assert cfg.search.epochs == 7  # file beats preset (6)
+    assert cfg.search.warmup_epochs == 2  # preset
     assert cfg.search.C == 10  # flag beats file
-    assert cfg.search.layers == 5  # preset beats default, None flag ignored
-    assert cfg.train.epochs == 15  # preset
+    assert cfg.search.layers == 3  # preset beats default, None flag ignored
+    assert cfg.train.epochs == 12  # preset
     assert cfg.search.w_lr == 0.025  # paper default
 
 

@@ -12,7 +12,7 @@ import torch
 from nasdeploy.artifacts import RunDir, load_checkpoint, read_jsonl, save_checkpoint
 from nasdeploy.config import TrainConfig
 from nasdeploy.data import Dataset, DataSpec
-from nasdeploy.errors import CheckpointError
+from nasdeploy.errors import CheckpointError, ConfigError
 from nasdeploy.space.genotype import GENOTYPES
 from nasdeploy.training import cutout, evaluate, load_network, train
 
@@ -179,6 +179,29 @@ def test_cutout_is_seeded_by_its_generator_and_leaves_the_global_rng_alone():
     holes = (a == 0).sum(dim=(2, 3))
     assert torch.equal(holes[:, 0], holes[:, 1])  # the same square in every channel
     assert holes.max() <= 16 and holes.sum() > 0 and (a != 0).any()
+
+
+def test_random_shift_translates_each_image_against_a_reference_crop():
+    from nasdeploy.training import random_shift
+
+    x = torch.randn(12, 3, 8, 8)
+    g = torch.Generator().manual_seed(5)
+    out = random_shift(x, 2, g)
+    # the same draws, replayed: dy then dx per image, offsets into the replicate-padded image
+    g2 = torch.Generator().manual_seed(5)
+    dy, dx = torch.randint(5, (12, 1), generator=g2), torch.randint(5, (12, 1), generator=g2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+    for i in range(12):
+        a, b = int(dy[i]), int(dx[i])
+        assert torch.equal(out[i], padded[i, :, a:a + 8, b:b + 8])
+    assert not torch.equal(out, x)  # some image moved
+    assert torch.equal(random_shift(x, 0, g), x)
+
+
+def test_shift_as_large_as_the_image_is_refused(data):
+    cfg = TrainConfig(epochs=1, batch_size=16, C=4, layers=3, shift=8)
+    with pytest.raises(ConfigError, match="shift must be smaller"):
+        train_mod.train(GENOTYPE, cfg, data, "/tmp/nasdeploy-shift-refused", progress=False)
 
 
 def test_evaluate_uses_eval_mode_and_restores_the_mode(data):

@@ -313,7 +313,7 @@ def search(
         metrics.append(record)
         if ctx.is_main and record["param_free_share"] >= cfg.collapse_threshold and not any(
                 m["param_free_share"] >= cfg.collapse_threshold for m in metrics[:-1]):  # once per run
-            warnings.warn(f"epoch {epoch}: {record['param_free_share']:.0%} of the normal cell's edges are "
+            warnings.warn(f"epoch {epoch + 1}: {record['param_free_share']:.0%} of the normal cell's edges are "
                           f"parameter-free (>= collapse_threshold {cfg.collapse_threshold}); DARTS may be "
                           "collapsing toward skip connections — consider skip_limit = 2 (P-DARTS) or fewer epochs",
                           CollapseWarning, stacklevel=3)  # 3: past the @interruptible wrapper
