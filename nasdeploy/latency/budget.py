@@ -33,12 +33,12 @@ from pathlib import Path
 import torch
 
 from ..errors import LatencyTargetError, ProfileError
-from ..space.cell import alpha_rows, concat_nodes
+from ..space.cell import alpha_rows
 from ..space.genotype import Genotype
-from ..space.primitives import PARAMETER_FREE, candidate_ops
+from ..space.primitives import candidate_ops
 from .kit import FreshProcessTimer
 from .model import LatencyCosts, achievable_range, genotype_latency
-from .table import DeploySpec, LatencyTable, Timer, deploy_network, ort_timer
+from .table import DeploySpec, LatencyTable, Timer, deploy_network, ort_timer, probe_genotypes
 
 MAX_ROUNDS = 6  # measure → repair rounds before giving up
 AIM = 0.98  # a repair aims this far under the limit so that one more measurement lands inside
@@ -59,37 +59,6 @@ def _busy() -> str:
 
 
 # ------------------------------------------------------------------ probes: the measured range
-
-
-def _fewest_strided(steps: int) -> list[int]:
-    """Inputs with the fewest stride-2 edges (reduction cell): node 2 reads 0, 1; node 3 reads 2, 1; then i-1, i-2."""
-    ins = [0, 1]
-    for i in range(1, steps):
-        node = 2 + i
-        ins += [node - 1, 1 if i == 1 else node - 2]
-    return ins
-
-
-def probe_genotypes(spec: DeploySpec) -> dict[str, dict[str, Genotype]]:
-    """Networks at the ends of the space: ``{"fast": {name: g}, "slow": {name: g}}``.
-
-    One each, so that a refusal costs two exports: fast — every normal edge a skip (an Identity),
-    the reduction cell's edges a max pool (else the first parameter-free op), on the topology with
-    the fewest strided edges; slow — sep_conv_5x5 (else the first convolution) on every edge of
-    both cells, every node reading both cell inputs (the most strided edges).
-    """
-    ops = candidate_ops(spec.primitives)
-    concat = concat_nodes(spec.steps, spec.multiplier)
-    few, many = _fewest_strided(spec.steps), [0, 1] * spec.steps
-    free = [o for o in ops if o in PARAMETER_FREE] or list(ops)
-    normal_op = "skip_connect" if "skip_connect" in ops else free[0]
-    red = "max_pool_3x3" if "max_pool_3x3" in free else free[0]
-    convs = [o for o in ops if o not in PARAMETER_FREE] or list(ops)
-    big = "sep_conv_5x5" if "sep_conv_5x5" in convs else convs[0]
-    return {"fast": {f"normal {normal_op}, reduce {red}": Genotype(tuple((normal_op, j) for j in few), concat,
-                                                                   tuple((red, j) for j in few), concat)},
-            "slow": {f"all {big}": Genotype(tuple((big, j) for j in many), concat, tuple((big, j) for j in many),
-                                            concat)}}
 
 
 def measured_range(table: LatencyTable, spec: DeploySpec, timer: Timer | None, progress: bool = False,

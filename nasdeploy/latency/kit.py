@@ -38,6 +38,7 @@ from .table import (
     deploy_network,
     example_input,
     is_free,
+    probe_genotypes,
     skeleton_network,
     time_onnx,
 )
@@ -214,7 +215,6 @@ class FreshProcessTimer:
 
 def kit_pieces(spec: DeploySpec, calibrate: int = 8, seed: int = 0) -> list[tuple[dict, torch.nn.Module]]:
     """(manifest entry, module) of every network the table of ``spec`` is computed from; probes first."""
-    from .budget import probe_genotypes  # budget uses this module's fresh-process timer
 
     pieces = []
     for side, gs in probe_genotypes(spec).items():

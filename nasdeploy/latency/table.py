@@ -47,7 +47,7 @@ from ..onnxio import exported
 from ..space.cell import concat_nodes, edge_inputs, edge_stride, random_genotype, reduction_layers
 from ..space.genotype import Genotype
 from ..space.network import stem_for
-from ..space.primitives import PRIMITIVES, Identity
+from ..space.primitives import PARAMETER_FREE, PRIMITIVES, Identity, candidate_ops
 from .measure import LatencyStats, machine_fingerprint, make_session, measure
 
 TABLE_FORMAT = "nasdeploy.latency_table/1"
@@ -265,6 +265,37 @@ def ort_timer(threads: int = 1, opt_level: str = "all", provider: str = "CPUExec
             return time_onnx(path, x.numpy(), provider, threads, opt_level, warmup, repeats, min_time_s)
 
     return run
+
+
+def _fewest_strided(steps: int) -> list[int]:
+    """Inputs with the fewest stride-2 edges (reduction cell): node 2 reads 0, 1; node 3 reads 2, 1; then i-1, i-2."""
+    ins = [0, 1]
+    for i in range(1, steps):
+        node = 2 + i
+        ins += [node - 1, 1 if i == 1 else node - 2]
+    return ins
+
+
+def probe_genotypes(spec: DeploySpec) -> dict[str, dict[str, Genotype]]:
+    """Networks at the ends of the space: ``{"fast": {name: g}, "slow": {name: g}}``.
+
+    One each, so that a refusal costs two exports: fast — every normal edge a skip (an Identity),
+    the reduction cell's edges a max pool (else the first parameter-free op), on the topology with
+    the fewest strided edges; slow — sep_conv_5x5 (else the first convolution) on every edge of
+    both cells, every node reading both cell inputs (the most strided edges).
+    """
+    ops = candidate_ops(spec.primitives)
+    concat = concat_nodes(spec.steps, spec.multiplier)
+    few, many = _fewest_strided(spec.steps), [0, 1] * spec.steps
+    free = [o for o in ops if o in PARAMETER_FREE] or list(ops)
+    normal_op = "skip_connect" if "skip_connect" in ops else free[0]
+    red = "max_pool_3x3" if "max_pool_3x3" in free else free[0]
+    convs = [o for o in ops if o not in PARAMETER_FREE] or list(ops)
+    big = "sep_conv_5x5" if "sep_conv_5x5" in convs else convs[0]
+    return {"fast": {f"normal {normal_op}, reduce {red}": Genotype(tuple((normal_op, j) for j in few), concat,
+                                                                   tuple((red, j) for j in few), concat)},
+            "slow": {f"all {big}": Genotype(tuple((big, j) for j in many), concat, tuple((big, j) for j in many),
+                                            concat)}}
 
 
 # ------------------------------------------------------------------ the table
