@@ -13,9 +13,11 @@
 # (nvcc is found, so setup.py also builds _mixedop_cuda) and a CUDA base image
 # the runtime one.
 ARG VARIANT=cpu
-# The CPU stages' base: python:3.11-slim, or any Debian-family image with a Python
-# 3.11 (.ci/container makes a Debian bookworm one with mmdebstrap and passes it here).
+# The CPU stages' bases: python:3.11-slim, or any Debian-family image with a Python
+# 3.11 (.ci/container makes Debian bookworm ones with mmdebstrap and passes them here:
+# the build base with python3-dev, the runtime base without headers or pip).
 ARG BASE_IMAGE=python:3.11-slim
+ARG RUNTIME_BASE_IMAGE=python:3.11-slim
 ARG CUDA_DEVEL_IMAGE=nvidia/cuda:12.8.1-devel-ubuntu24.04
 ARG CUDA_BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04
 
@@ -39,7 +41,7 @@ RUN apt-get update \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/*
 
-FROM ${BASE_IMAGE} AS runtime-cpu
+FROM ${RUNTIME_BASE_IMAGE} AS runtime-cpu
 # libgomp1: the OpenMP runtime of the compiled mixed-op kernel
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
@@ -102,10 +104,22 @@ ENV VIRTUAL_ENV=/opt/venv \
 # The wheel is bind-mounted from the build stage, whose last step is the test run. The mount
 # leaves no layer behind. Only torch and the package's own dependencies: no extras (the test
 # and lint tools, Triton's schema, OpenVINO stay in the build stage).
+# Size (docs/deploy.md): torch's C++ test binaries, test data and headers (only needed to
+# compile extensions, and ours is compiled in the wheel) are removed, and so are pip and
+# setuptools. Bytecode is not compiled for all of site-packages (a quarter of the venv):
+# a tiny pipeline run as root writes it for exactly the modules the CLI imports (the
+# non-root user cannot write it, and without it every command pays ~5 s of compiling);
+# the run also smoke-tests the runtime image.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python3 -m venv /opt/venv \
-    && pip install --no-cache-dir torch==2.13.0 --index-url "${TORCH_INDEX_URL}" \
-    && pip install --no-cache-dir /wheels/nasdeploy-*.whl \
+    && pip install --no-cache-dir --no-compile torch==2.13.0 --index-url "${TORCH_INDEX_URL}" \
+    && pip install --no-cache-dir --no-compile /wheels/nasdeploy-*.whl \
+    && pip uninstall --yes --quiet setuptools pip \
+    && torch_dir="$(python -c 'import importlib.util as u; print(u.find_spec("torch").submodule_search_locations[0])')" \
+    && rm -rf "$torch_dir/test" "$torch_dir/include" \
+    && find "$torch_dir/bin" -mindepth 1 -not -name torch_shm_manager -exec rm -rf {} + \
+    && HOME=/tmp/warm nasdeploy pipeline --preset tiny --out /tmp/warm/run --quiet >/dev/null \
+    && rm -rf /tmp/warm \
     && groupadd --gid 10001 nasdeploy \
     && useradd --create-home --uid 10001 --gid 10001 nasdeploy
 USER 10001:10001

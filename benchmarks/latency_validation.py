@@ -28,11 +28,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from nasdeploy.artifacts import atomic_write, write_json
 from nasdeploy.config import PRESETS, SearchConfig, TrainConfig
 from nasdeploy.errors import NasdeployError
+from nasdeploy.latency.kit import FreshProcessTimer
 from nasdeploy.latency.measure import machine_fingerprint
 from nasdeploy.latency.model import achievable_range, genotype_latency
 from nasdeploy.latency.table import DeploySpec, LatencyTable, deploy_network, ort_timer, random_genotype
@@ -82,24 +84,16 @@ def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-FRESH = """
-import json, os, sys
-import numpy as np
-from nasdeploy.latency.measure import make_session, measure
-sess = make_session(sys.argv[1], threads=int(sys.argv[2]))
-x = np.random.default_rng(0).standard_normal([1, *sess.get_inputs()[0].shape[1:]]).astype(np.float32)
-st = measure(sess, {sess.get_inputs()[0].name: x}, warmup=50, repeats=500, min_time_s=0.3)
-print(json.dumps({"p50_ms": st.p50_ms, "repeats": st.repeats, "load_avg": [round(v, 2) for v in os.getloadavg()]}))
-"""
+_FT = FreshProcessTimer().timing()
+FRESH_HOW = f"{_FT['warmup']} warm-up, >={_FT['repeats']} runs and >={_FT['min_time_s']:g} s"
 
 
 def fresh_p50(onnx: Path, threads: int = 1) -> dict:
-    """The exported model's p50 measured by a new Python process (not the search's own figure)."""
-    import subprocess
-
-    out = subprocess.run([sys.executable, "-c", FRESH, str(onnx), str(threads)], capture_output=True, text=True,
-                         check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """The exported model's p50 measured by a new Python process (numpy and onnxruntime only): the
+    verifier's own fresh-process timer and settings (``kit.FreshProcessTimer``), not the search's figure."""
+    shape = [1, *ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).get_inputs()[0].shape[1:]]
+    st = FreshProcessTimer(threads=threads).time_file(onnx, tuple(shape))
+    return {"p50_ms": st.p50_ms, "repeats": st.repeats, "load_avg": load_avg()}
 
 
 def digits32(path: Path) -> Path:
@@ -322,7 +316,8 @@ def main(argv=None) -> int:
               **{k: old[k] for k in ("refusal", "kit") if k in old and k not in args.redo}}
     report["settings"] = (f"quick preset search, {args.search_epochs} epochs, seed {args.seed}, latency weight "
                           f"{args.weight:g}, default margin/under weight; train at C={args.C}, {args.layers} cells, "
-                          f"{args.train_epochs} epochs; fresh-process p50: 50 warm-up, >=500 runs and >=0.3 s")
+                          f"{args.train_epochs} epochs; fresh-process p50: kit.FreshProcessTimer (numpy + "
+                          f"onnxruntime only), {FRESH_HOW}")
     sections = args.sections.split(",")
 
     def save():

@@ -141,12 +141,15 @@ def _score_job(strategy: str, seed: int, work: str, cfg_d: dict, size: tuple[int
 
 
 def _p50(genotype, spec, C: int | None = None, layers: int | None = None) -> float:
-    from nasdeploy.latency.table import deploy_network, ort_timer
+    """The served network's p50 as the budget verifier judges it: exported, timed by a fresh process
+    that imports only numpy and onnxruntime (kit.FreshProcessTimer), batch 1, one thread."""
+    from nasdeploy.latency.kit import FreshProcessTimer
+    from nasdeploy.latency.table import deploy_network
     from nasdeploy.space.genotype import Genotype
 
     spec = dataclasses.replace(spec, C=C or spec.C, layers=layers or spec.layers)
     g = Genotype.from_dict(genotype) if isinstance(genotype, dict) else genotype
-    return ort_timer(1, "all", warmup=30, repeats=300, min_time_s=0.3)(deploy_network(g, spec), spec).p50_ms
+    return FreshProcessTimer(1, "all", warmup=30, repeats=300, min_time_s=0.3)(deploy_network(g, spec), spec).p50_ms
 
 
 # ----------------------------------------------------------------- driver

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from nasdeploy.config import TrainConfig
 from nasdeploy.data import Dataset, DataSpec
 from nasdeploy.errors import CheckpointError, ConfigError
 from nasdeploy.space.genotype import GENOTYPES
-from nasdeploy.training import cutout, evaluate, load_network, train
+from nasdeploy.training import cutout, evaluate, is_better_epoch, load_network, train
 
 GENOTYPE = GENOTYPES["DARTS_V2"]
 CFG = TrainConfig(
@@ -82,6 +83,23 @@ def test_train_writes_every_file_with_per_epoch_metrics(run):
     assert [r["drop_path"] for r in records] == pytest.approx([0.0, CFG.drop_path_prob / 3, CFG.drop_path_prob * 2 / 3])
     assert result.best_val_acc == max(r["val_acc"] for r in records)
     assert 0.0 <= result.test_acc <= 1.0 and result.n_params > 0
+
+
+def test_best_epoch_is_the_highest_val_accuracy_then_the_lowest_val_loss(run):
+    # A default digits run's history: val accuracy 0.994 first at epoch 7, again at 10-12 with a
+    # third of the loss. The first-reached rule kept epoch 7 (test 0.975); the tie-break keeps 10.
+    history = [(0.956, 0.181), (0.994, 0.040), (0.978, 0.044), (0.983, 0.063), (0.994, 0.022), (0.994, 0.026),
+               (0.994, 0.022)]
+    best = (-1.0, math.inf, None)
+    for epoch, (acc, loss) in enumerate(history, start=6):
+        if is_better_epoch(acc, loss, best[0], best[1]):
+            best = (acc, loss, epoch)
+    assert best == (0.994, 0.022, 10)
+    # The real run picked its model.pt epoch by the same rule.
+    out, _ = run
+    records = read_jsonl(RunDir(out).train_metrics)
+    want = max(records, key=lambda r: (r["val_acc"], -r["val_loss"], -r["epoch"]))["epoch"]
+    assert load_checkpoint(RunDir(out).model, "model")["metrics"]["best_epoch"] == want
 
 
 def test_model_pt_loads_with_weights_only_and_reproduces_its_accuracy(run, data):
