@@ -25,7 +25,7 @@ from .errors import DataError
 # Data sets known by name (no path): what DataSpec.available() can reload without the user's files.
 EMBEDDED = ("digits",)
 # The DataSpec fields that pin a split (recorded in model.pt and the ONNX metadata).
-SPLIT_KEYS = ("split_seed", "val_fraction", "test_fraction", "fingerprint", "max_train")
+SPLIT_KEYS = ("split_seed", "val_fraction", "test_fraction", "fingerprint", "max_train", "max_val")
 
 # Xiao, Rasul & Vollgraf 2017, "Fashion-MNIST", table 1: label index -> name.
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -71,11 +71,13 @@ class DataSpec:
     test_fraction: float = 0.2
     fingerprint: str = ""
     max_train: int | None = None  # training split capped to this many images (None: all of it)
+    max_val: int | None = None  # validation split capped likewise (None: all of it)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if d["max_train"] is None:  # recorded only when set: uncapped specs keep the dict they always had
-            del d["max_train"]
+        for cap in ("max_train", "max_val"):
+            if d[cap] is None:  # recorded only when set: uncapped specs keep the dict they always had
+                del d[cap]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
@@ -93,6 +95,7 @@ class DataSpec:
             test_fraction=float(d.get("test_fraction", 0.2)),
             fingerprint=str(d.get("fingerprint", "")),
             max_train=None if d.get("max_train") is None else int(d["max_train"]),
+            max_val=None if d.get("max_val") is None else int(d["max_val"]),
         )
 
     def available(self) -> bool:
@@ -102,7 +105,7 @@ class DataSpec:
     def load(self) -> Dataset:
         """The very split this spec describes; DataError if the source changed since."""
         data = load_dataset(self.name, seed=self.split_seed, val_fraction=self.val_fraction,
-                            test_fraction=self.test_fraction, max_train=self.max_train)
+                            test_fraction=self.test_fraction, max_train=self.max_train, max_val=self.max_val)
         if self.fingerprint and data.spec.fingerprint != self.fingerprint:
             raise DataError(f"dataset {self.name!r} differs from the one the model was trained on "
                             f"(fingerprint {data.spec.fingerprint} here, {self.fingerprint} recorded)",
@@ -127,10 +130,14 @@ class Dataset:
         name = self.spec.name
         if name in PACKAGED:
             name += f" ({PACKAGED[name].root}, package {PACKAGED[name].package})"
-        cap = f" (max_train {self.spec.max_train})" if self.spec.max_train is not None else ""
+        def cap(key):
+            n = getattr(self.spec, key)
+            return f" ({key} {n})" if n is not None else ""
+
         return (
             f"{name}: {c}x{h}x{w}, {self.spec.num_classes} classes, "
-            f"train {len(self.y_train)}{cap} / val {len(self.y_val)} / test {len(self.y_test)}"
+            f"train {len(self.y_train)}{cap('max_train')} / val {len(self.y_val)}{cap('max_val')} "
+            f"/ test {len(self.y_test)}"
         )
 
 
@@ -179,6 +186,7 @@ def load_dataset(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     max_train: int | None = None,
+    max_val: int | None = None,
 ) -> Dataset:
     """Load ``digits``, ``fashion-mnist``, or a path: CIFAR-10 pickle dir, MNIST-layout IDX dir,
     image-folder tree, or ``.npz``.
@@ -193,6 +201,9 @@ def load_dataset(
         test_fraction: share held out for testing; ignored where the source ships a test split.
         max_train: keep at most this many training images (a stratified draw by ``seed``) to
             make large sources cheap; val and test are the same as without the cap.
+        max_val: keep at most this many validation images (a stratified draw by ``seed``): the
+            split every epoch is scored on, so a big source's quick run does not spend its time
+            there; train and test are the same as without the cap.
 
     Example:
         >>> load_dataset("fashion-mnist", max_train=5000).summary()  # doctest: +SKIP
@@ -202,10 +213,12 @@ def load_dataset(
             f"bad split fractions val={val_fraction} test={test_fraction}",
             "use 0 < val, 0 <= test, val + test < 1",
         )
-    if max_train is not None and (isinstance(max_train, bool) or not isinstance(max_train, int) or max_train < 1):
-        raise DataError(f"bad max_train={max_train!r}", "use a positive number of images, or None for all")
+    for key, n in (("max_train", max_train), ("max_val", max_val)):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise DataError(f"bad {key}={n!r}", "use a positive number of images, or None for all")
     src = _read(name)
-    return _split(src.name, src.x, src.y, src.classes, src.test, seed, val_fraction, test_fraction, max_train)
+    return _split(src.name, src.x, src.y, src.classes, src.test, seed, val_fraction, test_fraction, max_train,
+                  max_val)
 
 
 def source_available(name: str) -> bool:
@@ -523,7 +536,7 @@ def _fingerprint(x, y, test) -> str:
     return h.hexdigest()[:16]
 
 
-def _split(name, x, y, classes, test, seed, val_fraction, test_fraction, max_train=None) -> Dataset:
+def _split(name, x, y, classes, test, seed, val_fraction, test_fraction, max_train=None, max_val=None) -> Dataset:
     from sklearn.model_selection import train_test_split
 
     def stratify(labels):
@@ -539,10 +552,13 @@ def _split(name, x, y, classes, test, seed, val_fraction, test_fraction, max_tra
             xt, yt = test
         rel_val = val_fraction / (1 - (test_fraction if test is None else 0))
         tr_idx, va_idx = train_test_split(idx, test_size=rel_val, random_state=seed + 1, stratify=stratify(y[idx]))
+        # Each cap is drawn from its own split alone, so the other splits are those of the uncapped one.
         if max_train is not None and max_train < len(tr_idx):
-            # drawn from the training split alone, so val and test are those of the uncapped split
             tr_idx, _ = train_test_split(tr_idx, train_size=max_train, random_state=seed + 2,
                                          stratify=stratify(y[tr_idx]))
+        if max_val is not None and max_val < len(va_idx):
+            va_idx, _ = train_test_split(va_idx, train_size=max_val, random_state=seed + 3,
+                                         stratify=stratify(y[va_idx]))
     except ValueError as e:
         raise DataError(
             f"{name}: cannot split {len(y)} samples ({e})", "add samples or change the split fractions"
@@ -567,6 +583,7 @@ def _split(name, x, y, classes, test, seed, val_fraction, test_fraction, max_tra
         test_fraction=test_fraction,
         fingerprint=_fingerprint(x, y, test),
         max_train=max_train,
+        max_val=max_val,
     )
     t = torch.from_numpy
     return Dataset(spec, norm(xtr), t(ytr), norm(x[va_idx]), t(y[va_idx]), norm(xt), t(np.asarray(yt)))

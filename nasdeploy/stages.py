@@ -118,7 +118,7 @@ def load_data(cfg: RunConfig) -> Dataset:
     """The run's dataset and split, as ``[data]`` describes them."""
     d = cfg.data
     return load_dataset(d.dataset, seed=d.split_seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                        max_train=d.max_train)
+                        max_train=d.max_train, max_val=d.max_val)
 
 
 # ----------------------------------------------------------------- search

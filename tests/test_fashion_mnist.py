@@ -171,6 +171,26 @@ def test_max_train_caps_the_training_split_only_and_is_recorded(tmp_path):
         load_dataset(str(tmp_path / "m"), max_train=3)  # fewer images than classes: no stratified draw
 
 
+def test_max_val_caps_the_validation_split_only_and_survives_export_metadata(tmp_path):
+    make_idx_dir(tmp_path / "m", n_train=400, n_test=20)
+    full = load_dataset(str(tmp_path / "m"), seed=3)
+    cap = load_dataset(str(tmp_path / "m"), seed=3, max_train=100, max_val=20)
+    assert len(full.y_val) == 40 and len(cap.y_val) == 20
+    assert torch.bincount(cap.y_val).tolist() == [2] * 10  # stratified
+    assert set(cap.y_val.tolist()) <= set(full.y_val.tolist())
+    # a subset of the uncapped validation images; train (capped alone) and test unchanged
+    same_train = load_dataset(str(tmp_path / "m"), seed=3, max_train=100)  # the same normalization
+    full_rows = {tuple(r.tolist()) for r in same_train.x_val.flatten(1)}
+    assert all(tuple(r.tolist()) in full_rows for r in cap.x_val.flatten(1))
+    assert torch.equal(cap.x_train, same_train.x_train) and torch.equal(cap.y_test, full.y_test)
+    assert "max_val" not in full.spec.to_dict() and cap.spec.to_dict()["max_val"] == 20
+    again = DataSpec.from_dict(cap.spec.to_dict()).load()
+    assert torch.equal(again.x_val, cap.x_val)
+    assert "val 20 (max_val 20)" in cap.summary()
+    with pytest.raises(DataError, match="bad max_val"):
+        load_dataset(str(tmp_path / "m"), max_val=0)
+
+
 def test_dataset_identity_of_name_path_and_config(tmp_path):
     from nasdeploy.config import load_config
 

@@ -282,7 +282,8 @@ def _dataset_of(model, src: Path) -> Dataset | None:
         return None
     split = json.loads(md.get("data_split", "{}"))
     return load_dataset(name, seed=split.get("split_seed", 0), val_fraction=split.get("val_fraction", 0.1),
-                        test_fraction=split.get("test_fraction", 0.2), max_train=split.get("max_train"))
+                        test_fraction=split.get("test_fraction", 0.2), max_train=split.get("max_train"),
+                        max_val=split.get("max_val"))
 
 
 def _calibration_images(data: Dataset, n: int) -> np.ndarray:
