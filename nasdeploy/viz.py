@@ -233,7 +233,7 @@ def render_search(run_dir: str | Path, primitives=None) -> dict[str, Path]:
             ops = primitives or _primitives_of(run, n.shape[1])
             if ops is None:  # no checkpoint to name the columns: the default space when it fits
                 ops = PRIMITIVES if len(PRIMITIVES) == n.shape[1] else [f"op {i}" for i in range(n.shape[1])]
-            what = f"softmax(alpha), epoch {last['epoch']}"
+            what = f"softmax(alpha) after epoch {last['epoch'] + 1}"  # search records count epochs from 0
         else:  # black-box strategies: policy probabilities or op frequencies
             n, r = torch.tensor(last["weights_normal"]), torch.tensor(last["weights_reduce"])
             ops, what = last["ops"], last.get("what", "op weights")
