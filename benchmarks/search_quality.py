@@ -326,6 +326,8 @@ def _pairwise(gs) -> list[float]:
 def report(found, trained, scored, latency, search_cfg, train_cfg, size, total, tag, seeds) -> None:
     from scipy import stats
 
+    from nasdeploy.artifacts import atomic_write
+
     n_test = len(load(*size).y_test)
 
     from nasdeploy.space.genotype import Genotype
@@ -412,8 +414,8 @@ def report(found, trained, scored, latency, search_cfg, train_cfg, size, total, 
                      + f" — search val acc {r['search_val_acc']:.3f}, {r['seconds']:.0f} s")
     md = "\n".join(lines) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{tag}.md").write_text(md)
-    (RESULTS / f"{tag}.json").write_text(json.dumps(
+    atomic_write(RESULTS / f"{tag}.md", md)
+    atomic_write(RESULTS / f"{tag}.json", json.dumps(
         {"rows": rows, "kendall_tau": taus, "stability": stab, "cross_seed_agreement": cross,
          "chance_agreement": chance, "latency": latency, "searches": found, "trained": trained,
          "search_config": dataclasses.asdict(search_cfg), "train_config": dataclasses.asdict(train_cfg),
