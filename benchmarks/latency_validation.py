@@ -294,7 +294,7 @@ def main(argv=None) -> int:
     ap.add_argument("--C", type=int, default=16, help="deployment channels (16)")
     ap.add_argument("--layers", type=int, default=8, help="deployment cells (8)")
     ap.add_argument("--networks", type=int, default=30)
-    ap.add_argument("--calibrate", type=int, default=8)
+    ap.add_argument("--calibrate", type=int, default=24)
     ap.add_argument("--budgets8", type=int, default=5)
     ap.add_argument("--budgets32", type=int, default=3)
     ap.add_argument("--weight", type=float, default=1.0, help="latency weight of the budgeted searches")

@@ -122,7 +122,7 @@ def _serving_options(f):
         click.option("--opt-level", "latency_opt_level", type=click.Choice(["all", "extended", "basic", "disable"]),
                      default=None, help="ORT graph optimization level (all)."),
         click.option("--calibrate", "latency_calibration", type=int, default=None,
-                     help="Random whole networks timed to calibrate the sum (8)."),
+                     help="Random whole networks timed to calibrate the sum (24)."),
     )):
         f = opt(f)
     return f
@@ -245,8 +245,12 @@ def latency_table(dataset, table_path, deploy_channels, deploy_layers, steps, qu
     click.echo(f"deployed network: {spec.key()}  fingerprint {table.fingerprint['id']}")
     click.echo(f"achievable range (predicted ORT p50): {lo:.4f}–{hi:.4f} ms")
     if cal.get("scale") is not None:
-        click.echo(f"calibration: p50 = {cal['offset_ms']:.4f} ms + {cal['scale']:.3f} x table sum "
-                   f"({len(cal['networks'])} networks, median fit error {cal['fit_median_abs_pct']:.1f}%)")
+        corr = cal.get("corrections_ms") or {}
+        loo = cal.get("loo_median_abs_pct")
+        click.echo(f"calibration: p50 = {cal['offset_ms']:.4f} ms + {cal['scale']:.3f} x table sum"
+                   + (f" + ridge corrections of {len(corr)} entries" if corr else "")
+                   + f" ({len(cal['networks'])} networks, median error {cal['fit_median_abs_pct']:.1f}% in the fit"
+                   + (f", {loo:.1f}% left out" if loo is not None else "") + ")")
     click.echo(f"table: {table.path}   time: {time.perf_counter() - t0:.1f}s")
 
 

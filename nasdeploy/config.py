@@ -79,7 +79,7 @@ class SearchConfig:
     latency_threads: int = 1  # ORT intra-op threads the target refers to (part of the table's fingerprint)
     latency_opt_level: str = "all"  # ORT graph optimization of the served model: all | extended | basic | disable
     latency_table: str | None = None  # table JSON; None: $NASDEPLOY_CACHE/latency/<fingerprint>.json
-    latency_calibration: int = 8  # random whole networks timed to calibrate the table sum (0: none)
+    latency_calibration: int = 24  # random whole networks timed to calibrate the table sum (0: none)
     # Budget shared by every strategy (search/strategy.py): epochs, scored candidates, wall time.
     candidates: int = 1000  # architectures scored with inherited weights (SPOS, Guo et al. 2020: 20 x 50)
     max_seconds: float | None = None  # wall-time budget of one search call; None: epochs/candidates only
@@ -286,7 +286,7 @@ def validate(obj) -> None:
         need(obj.latency_threads > 0, "latency_threads", "must be positive", "give latency_threads >= 1")
         need(obj.latency_opt_level in ("all", "extended", "basic", "disable"), "latency_opt_level", "unknown level",
              "use all, extended, basic or disable")
-        need(obj.latency_calibration >= 0, "latency_calibration", "must be >= 0", "e.g. 8")
+        need(obj.latency_calibration >= 0, "latency_calibration", "must be >= 0", "e.g. 24")
         need(obj.candidates > 0, "candidates", "must be positive", "give candidates >= 1")
         need(obj.max_seconds is None or obj.max_seconds > 0, "max_seconds", "must be positive", "or omit it")
         need(obj.population >= 2, "population", "aging evolution needs at least 2 members", "e.g. 100")

@@ -209,7 +209,7 @@ def render_report(s: dict) -> str:
         b = s["latency_budget"]
         verdict = b.get("profile_within_budget")
         searched = (f"search: predicted {b['deployed_predicted_ms']:.4f} ms, measured "
-                    f"{b['measured_p50_ms']:.4f} ms (worst fresh-process p50), "
+                    f"{b['measured_p50_ms']:.4f} ms (median fresh-process p50), "
                     f"{len(b.get('repairs', []))} repair(s); "
                     if b.get("measured_p50_ms") is not None else "")
         lines += [f"- latency budget {b.get('target_ms')} ms: {searched}"

@@ -21,7 +21,7 @@ from nasdeploy.latency.model import (
     penalty,
     straight_through,
 )
-from nasdeploy.latency.table import DeploySpec, LatencyTable, entry_key, random_genotype
+from nasdeploy.latency.table import CALIBRATION_NETWORKS, DeploySpec, LatencyTable, entry_key, random_genotype
 from nasdeploy.space.cell import derive_genotype
 from nasdeploy.space.genotype import Genotype
 from nasdeploy.space.primitives import PRIMITIVES
@@ -190,9 +190,56 @@ def test_table_keys_carry_the_opset_and_old_tables_read_as_opset_20(tmp_path, mo
 def test_table_prediction_is_calibrated_sum_of_entries(tmp_path):
     table = LatencyTable.load_or_measure(TINY, tmp_path / "t.json", calibrate=3, timer=CountingTimer(),
                                          progress=False)
-    g = random_genotype(__import__("random").Random(1), TINY.steps, TINY.multiplier)
+    rng = __import__("random").Random(1)
     costs = table.costs(TINY)
-    assert genotype_latency(g, costs) == pytest.approx(table.predict_ms(g, TINY), rel=1e-9)
+    # many genotypes: edges whose input is not their position's (node 1 reading node 0 in a reduction cell,
+    # a stride-1 edge) once read the stride-2 entry of the edge at that position
+    for _ in range(30):
+        g = random_genotype(rng, TINY.steps, TINY.multiplier)
+        assert genotype_latency(g, costs) == pytest.approx(table.predict_ms(g, TINY), rel=1e-9)
+
+
+class CrowdedDil(CountingTimer):
+    """A cost the in-context entries cannot see: every DilConv is 3 µs dearer in a network that also has SepConvs
+    (in the entry's skeleton it stands among placeholders only)."""
+
+    def __call__(self, net, spec):
+        s = super().__call__(net, spec)
+        names = [type(m).__name__ for m in net.modules()]
+        ms = s.p50_ms + (0.003 * names.count("DilConv") if "SepConv" in names else 0.0)
+        return type(s)(**{**s.to_dict(), "p50_ms": ms})
+
+
+def test_ridge_corrections_fix_what_the_marginal_entries_miss_out_of_sample(tmp_path):
+    import random
+
+    from nasdeploy.latency.table import deploy_network, edge_counts
+
+    timer = CrowdedDil()
+    table = LatencyTable.load_or_measure(TINY, tmp_path / "t.json", calibrate=30, timer=timer, progress=False)
+    cal = table.calibration[TINY.key()]
+    assert cal["corrections_ms"] and cal["ridge_lambda"] is not None
+    assert cal["loo_median_abs_pct"] < cal["loo_median_abs_pct_linear"]  # kept because it wins out of sample
+    dil = [k for k in cal["corrections_ms"] if k.startswith("dil_conv")]
+    assert dil and min(cal["corrections_ms"][k] for k in dil) > 0  # the hidden cost lands on the DilConv entries
+    rng = random.Random(99)  # networks the fit never saw
+    errs_ridge, errs_linear = [], []
+    off, scale = table.calibration_of(TINY)
+    for _ in range(20):
+        g = random_genotype(rng, TINY.steps, TINY.multiplier)
+        meas = timer(deploy_network(g, TINY), TINY).p50_ms
+        errs_ridge.append(abs(table.predict_ms(g, TINY) / meas - 1))
+        errs_linear.append(abs((off + scale * table.raw_ms(g, TINY)) / meas - 1))
+        # the search's cost tensors carry the corrections too
+        assert genotype_latency(g, table.costs(TINY)) == pytest.approx(table.predict_ms(g, TINY), rel=1e-9)
+        assert sum(edge_counts(g, TINY).values()) <= sum(len(c) for _, c in TINY.kept_edges(g))
+    assert sorted(errs_ridge)[10] < 0.5 * sorted(errs_linear)[10]
+
+
+def test_too_few_calibration_networks_fit_the_linear_part_only(tmp_path):
+    table = LatencyTable.load_or_measure(TINY, tmp_path / "t.json", calibrate=5, timer=CrowdedDil(), progress=False)
+    cal = table.calibration[TINY.key()]
+    assert cal["corrections_ms"] == {} and cal["ridge_lambda"] is None and cal["loo_median_abs_pct"] is not None
 
 
 # ------------------------------------------------------------------ model: hand-computed numbers
@@ -358,7 +405,8 @@ def test_cli_refuses_impossible_target_in_one_line(digits, tmp_path, fake_ort):
     cfg = load_config(preset="tiny")
     spec = DeploySpec.from_configs(cfg.search, cfg.train, digits.spec.input_shape, digits.spec.num_classes)
     path = tmp_path / "table.json"
-    table = LatencyTable.load_or_measure(spec, path, calibrate=8, timer=CountingTimer(), progress=False)
+    table = LatencyTable.load_or_measure(spec, path, calibrate=CALIBRATION_NETWORKS, timer=CountingTimer(),
+                                         progress=False)
     lo, hi = achievable_range(table.costs(spec))
     res = CliRunner().invoke(main, ["search", "--preset", "tiny", "--out", str(tmp_path / "run"), "--quiet",
                                     "--latency-target", str(hi * 3), "--latency-table", str(path)])

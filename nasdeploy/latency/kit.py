@@ -30,6 +30,7 @@ from ..onnxio import Logits, exported, first_line, torch_export
 from . import measure
 from .measure import LatencyStats
 from .table import (
+    CALIBRATION_NETWORKS,
     TABLE_FORMAT,
     DeploySpec,
     _all_input_inputs,
@@ -213,7 +214,8 @@ class FreshProcessTimer:
             return here, [self.time_file(path, tuple(x.shape)) for _ in range(runs)]
 
 
-def kit_pieces(spec: DeploySpec, calibrate: int = 8, seed: int = 0) -> list[tuple[dict, torch.nn.Module]]:
+def kit_pieces(spec: DeploySpec, calibrate: int = CALIBRATION_NETWORKS,
+               seed: int = 0) -> list[tuple[dict, torch.nn.Module]]:
     """(manifest entry, module) of every network the table of ``spec`` is computed from; probes first."""
 
     pieces = []
@@ -236,7 +238,7 @@ def kit_pieces(spec: DeploySpec, calibrate: int = 8, seed: int = 0) -> list[tupl
     return pieces
 
 
-def write_kit(spec: DeploySpec, out: str | os.PathLike, *, calibrate: int = 8, threads: int = 1,
+def write_kit(spec: DeploySpec, out: str | os.PathLike, *, calibrate: int = CALIBRATION_NETWORKS, threads: int = 1,
               opt_level: str = "all", opset: int | None = None, warmup: int = 30, repeats: int = 300,
               min_time_s: float = 0.2, progress: bool = True) -> Path:
     """Write the kit of ``spec`` into ``out``; returns the runner's path.

@@ -14,8 +14,10 @@ network**:
    shape class (in every cell that has it) set to ``op``, minus the skeleton,
    divided by the number of such edges: the op's marginal cost with the
    neighbours that decide layout and fusion around it.
-3. A few random whole networks are measured too; ``offset + scale * sum`` is
-   fitted to them by least squares (``calibration``) and applied on top.
+3. Random whole networks are measured too; ``offset + scale * sum`` is fitted
+   to them by least squares (``calibration``), and its residuals by ridge
+   regression on the per-entry edge counts (``fit_calibration``: corrections
+   kept only when they lower the leave-one-out error).
 
 Each piece is exported with the deployment exporter (``deploy.export``'s
 dynamo path) and timed by ``latency.measure`` (the loop ``profile`` uses).
@@ -44,13 +46,14 @@ from torch import nn
 
 from ..errors import ConfigError, ProfileError
 from ..onnxio import exported
-from ..space.cell import concat_nodes, edge_inputs, edge_stride, random_genotype, reduction_layers
+from ..space.cell import alpha_rows, concat_nodes, edge_inputs, edge_stride, random_genotype, reduction_layers
 from ..space.genotype import Genotype
 from ..space.network import stem_for
 from ..space.primitives import PARAMETER_FREE, PRIMITIVES, Identity, candidate_ops
 from .measure import LatencyStats, machine_fingerprint, make_session, measure
 
 TABLE_FORMAT = "nasdeploy.latency_table/1"
+CALIBRATION_NETWORKS = 24  # whole networks of a calibration by default (SearchConfig.latency_calibration)
 DEFAULT_OPSET = 20  # ExportConfig's default; tables written before keys carried the opset were timed at it
 # ms per call of a network; the table's timer is swappable (tests count calls).
 Timer = Callable[[nn.Module, "DeploySpec"], LatencyStats]
@@ -135,6 +138,14 @@ class DeploySpec:
         """For each edge of a cell type (alpha-row order), the ``(C, H, W, stride)`` of every cell it occurs in."""
         return [[edge_class(red, c, h, w, j) for red, c, h, w in self.cells() if red == reduction]
                 for _, j in edge_inputs(self.steps)]
+
+    def kept_edges(self, genotype: Genotype) -> list[tuple[str, list[tuple[int, int, int, int]]]]:
+        """``(op, its shape class in every cell of that type)`` for each edge ``genotype`` keeps."""
+        out = []
+        for red, edges in ((False, genotype.normal), (True, genotype.reduce)):
+            classes = self.edge_classes(red)
+            out += [(op, classes[r]) for r, (op, _) in zip(alpha_rows(edges), edges)]
+        return out
 
     def shape_classes(self) -> list[tuple[int, int, int, int]]:
         """Every distinct ``(C, H, W, stride)`` an edge of this network has."""
@@ -349,9 +360,10 @@ class LatencyTable:
                 if not is_free(op, klass[3]) and spec.entry_key(op, klass) in self.entries]
 
     def forget_untrusted(self, spec: DeploySpec) -> None:
-        """Drop negative entries, a non-positive fixed part and the calibration, so they are timed again."""
+        """Drop negative entries (except ones a re-measurement confirmed), a non-positive fixed part and the
+        calibration, so they are timed again."""
         for k in self.entry_keys(spec):
-            if self.entries[k]["ms"] < 0:
+            if self.entries[k]["ms"] < 0 and not self.entries[k].get("confirmed_negative"):
                 del self.entries[k]
                 self._dropped.add(("entries", k))
         if spec.key() in self.fixed and self.fixed[spec.key()]["ms"] <= 0:
@@ -363,15 +375,20 @@ class LatencyTable:
     def raw_ms(self, genotype: Genotype, spec: DeploySpec) -> float:
         """Fixed part + sum of in-context entries (uncalibrated)."""
         total = float(self.fixed[spec.key()]["ms"])
-        for red, edges in ((False, genotype.normal), (True, genotype.reduce)):
-            for (op, _), per_cell in zip(edges, spec.edge_classes(red)):
-                total += sum(self.entry_ms(spec, op, k) for k in per_cell)
+        for op, per_cell in spec.kept_edges(genotype):
+            total += sum(self.entry_ms(spec, op, k) for k in per_cell)
         return total
 
     def predict_ms(self, genotype: Genotype, spec: DeploySpec) -> float:
-        """Predicted ORT p50 of the served network of ``genotype``: calibrated table sum."""
+        """Predicted ORT p50 of the served network of ``genotype``: calibrated table sum plus per-entry corrections."""
         off, scale = self.calibration_of(spec)
-        return off + scale * self.raw_ms(genotype, spec)
+        corr = self.corrections_of(spec)
+        return off + scale * self.raw_ms(genotype, spec) + sum(
+            n * corr.get(k, 0.0) for k, n in edge_counts(genotype, spec).items())
+
+    def corrections_of(self, spec: DeploySpec) -> dict[str, float]:
+        """Per-entry ms added to ``scale * entry`` by the calibration's ridge fit (empty: none)."""
+        return dict(self.calibration.get(spec.key(), {}).get("corrections_ms") or {})
 
     def calibration_of(self, spec: DeploySpec) -> tuple[float, float]:
         cal = self.calibration.get(spec.key())
@@ -384,10 +401,17 @@ class LatencyTable:
         from .model import LatencyCosts
 
         off, scale = self.calibration_of(spec)
+        corr = self.corrections_of(spec)
+
+        def edge_ms(op: str, k) -> float:
+            if is_free(op, k[3]):
+                return 0.0
+            return scale * self.entry_ms(spec, op, k) + corr.get(spec.entry_key(op, k), 0.0)
+
         mats = []
         for red in (False, True):
-            rows = [[scale * sum(self.entry_ms(spec, op, k) for k in per_cell)
-                     for op in spec.primitives] for per_cell in spec.edge_classes(red)]
+            rows = [[sum(edge_ms(op, k) for k in per_cell) for op in spec.primitives]
+                    for per_cell in spec.edge_classes(red)]
             mats.append(torch.tensor(rows, dtype=torch.float64))
         return LatencyCosts(normal=mats[0], reduce=mats[1], base_ms=off + scale * float(self.fixed[spec.key()]["ms"]),
                             primitives=spec.primitives, steps=spec.steps)
@@ -437,7 +461,7 @@ class LatencyTable:
             stats = timer(deploy_network(g, spec), spec)
             cal["networks"].append({"genotype": g.to_dict(), "raw_ms": self.raw_ms(g, spec), "p50_ms": stats.p50_ms})
             bar.update(1)
-        self.calibration[spec.key()] = fit_calibration(cal["networks"])
+        self.calibration[spec.key()] = fit_calibration(cal["networks"], spec)
         return n
 
     # ---- files
@@ -520,7 +544,7 @@ class LatencyTable:
             nets = [{"genotype": pc["genotype"], "raw_ms": table.raw_ms(Genotype.from_dict(pc["genotype"]), spec),
                      "p50_ms": pc["stats"]["p50_ms"]} for pc in by_kind.get("calibration", [])]
             if nets:
-                table.calibration[spec.key()] = fit_calibration(nets)
+                table.calibration[spec.key()] = fit_calibration(nets, spec)
             table.probes[spec.key()] = {pc["name"]: {"side": pc["side"], "genotype": pc["genotype"],
                                                      "p50_ms": pc["stats"]["p50_ms"], "stats": pc["stats"],
                                                      "load_avg": d.get("load_avg")} for pc in by_kind.get("probe", [])}
@@ -577,7 +601,7 @@ class LatencyTable:
         threads: int = 1,
         opt_level: str = "all",
         provider: str = "CPUExecutionProvider",
-        calibrate: int = 8,
+        calibrate: int = CALIBRATION_NETWORKS,
         timer: Timer | None = None,
         progress: bool = True,
     ) -> LatencyTable:
@@ -639,16 +663,82 @@ def calibration_genotypes(spec: DeploySpec, n: int, seed: int = 0, start: int = 
     return [random_genotype(rng, spec.steps, spec.multiplier, spec.primitives) for _ in range(n)]
 
 
-def fit_calibration(networks: list[dict]) -> dict:
-    """Least-squares ``p50 ≈ offset + scale * raw`` over measured networks; scale only when fewer than 3."""
+def edge_counts(genotype: Genotype, spec: DeploySpec) -> dict[str, int]:
+    """How many edges of the deployed network of ``genotype`` read each table entry (free ops read none)."""
+    counts: dict[str, int] = {}
+    for op, per_cell in spec.kept_edges(genotype):
+        for k in per_cell:
+            if not is_free(op, k[3]):
+                counts[spec.entry_key(op, k)] = counts.get(spec.entry_key(op, k), 0) + 1
+    return counts
+
+
+MIN_RIDGE_NETWORKS = 12  # fewer calibration networks: the linear fit alone
+RIDGE_GRID = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)  # x mean diagonal of X'X
+
+
+def _linear(raw: np.ndarray, meas: np.ndarray) -> tuple[float, float]:
+    if len(raw) >= 3 and np.ptp(raw) > 0:
+        scale, offset = np.polyfit(raw, meas, 1)
+        return float(offset), float(scale)
+    return 0.0, (float(meas.sum() / raw.sum()) if raw.sum() > 0 else 1.0)
+
+
+def _ridge(X: np.ndarray, r: np.ndarray, lam: float) -> np.ndarray:
+    return np.linalg.solve(X.T @ X + lam * np.eye(X.shape[1]), X.T @ r)
+
+
+def _fit(raw, meas, X, lam):
+    """(offset, scale, corrections): the linear fit, then a ridge fit of its residuals on edge counts."""
+    off, scale = _linear(raw, meas)
+    corr = _ridge(X, meas - (off + scale * raw), lam) if lam is not None and X.shape[1] else np.zeros(X.shape[1])
+    return off, scale, corr
+
+
+def fit_calibration(networks: list[dict], spec: DeploySpec | None = None) -> dict:
+    """``p50 ≈ offset + scale * raw + sum_k count_k * correction_k`` over measured whole networks.
+
+    ``offset``, ``scale``: least squares (scale only below 3 networks). With ``spec`` and at least
+    :data:`MIN_RIDGE_NETWORKS` networks, the residuals are fitted by ridge regression on the
+    per-entry edge counts (``correction_k``: ms per edge added to ``scale * entry_k``, shrunk
+    towards 0), its strength chosen by leave-one-out error over :data:`RIDGE_GRID`; the
+    corrections are kept only when they beat the linear fit out of sample. The in-context
+    entries stay the prior: a few dozen networks cannot pin ~40 costs alone, but they correct
+    what the marginal measurement gets wrong about whole networks (fusions and layouts that
+    span several edges). ``loo_median_abs_pct`` is the honest error figure; trust checks read it.
+    """
     raw = np.array([n["raw_ms"] for n in networks], dtype=np.float64)
     meas = np.array([n["p50_ms"] for n in networks], dtype=np.float64)
-    if len(networks) >= 3 and np.ptp(raw) > 0:
-        scale, offset = np.polyfit(raw, meas, 1)
+    keys: list[str] = []
+    if spec is not None and len(networks) >= MIN_RIDGE_NETWORKS:
+        counts = [edge_counts(Genotype.from_dict(n["genotype"]), spec) for n in networks]
+        keys = sorted({k for c in counts for k in c})
+        X = np.array([[c.get(k, 0) for k in keys] for c in counts], dtype=np.float64)
     else:
-        scale, offset = (float(meas.sum() / raw.sum()) if raw.sum() > 0 else 1.0), 0.0
-    pred = offset + scale * raw
-    err = np.abs(pred / meas - 1) if len(meas) else np.array([])
-    return {"offset_ms": float(offset), "scale": float(scale), "networks": networks,
-            "fit_median_abs_pct": float(100 * np.median(err)) if len(err) else None}
+        X = np.zeros((len(networks), 0))
 
+    def loo(lam) -> float:
+        errs = []
+        for i in range(len(meas)):
+            m = np.arange(len(meas)) != i
+            off, scale, corr = _fit(raw[m], meas[m], X[m], lam)
+            errs.append(abs((off + scale * raw[i] + X[i] @ corr) / meas[i] - 1))
+        return float(100 * np.median(errs))
+
+    lam, loo_pct, loo_linear = None, None, None
+    if len(networks) >= 4:
+        loo_linear = loo(None)
+        loo_pct = loo_linear
+        if keys:
+            unit = float(np.mean(np.diag(X.T @ X))) or 1.0
+            scored = [(loo(g * unit), g * unit) for g in RIDGE_GRID]
+            best = min(scored)
+            if best[0] < loo_linear:
+                loo_pct, lam = best
+    off, scale, corr = _fit(raw, meas, X, lam)
+    pred = off + scale * raw + X @ corr
+    err = np.abs(pred / meas - 1) if len(meas) else np.array([])
+    return {"offset_ms": off, "scale": scale, "networks": networks,
+            "corrections_ms": {k: float(v) for k, v in zip(keys, corr)} if lam is not None else {},
+            "ridge_lambda": lam, "fit_median_abs_pct": float(100 * np.median(err)) if len(err) else None,
+            "loo_median_abs_pct": loo_pct, "loo_median_abs_pct_linear": loo_linear}
