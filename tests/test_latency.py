@@ -236,6 +236,26 @@ def test_ridge_corrections_fix_what_the_marginal_entries_miss_out_of_sample(tmp_
     assert sorted(errs_ridge)[10] < 0.5 * sorted(errs_linear)[10]
 
 
+def test_a_calibration_fitted_by_older_code_is_fitted_again_on_open(tmp_path):
+    import json
+
+    path = tmp_path / "t.json"
+    table = LatencyTable.load_or_measure(TINY, path, calibrate=14, timer=CrowdedDil(), progress=False)
+    good = table.calibration[TINY.key()]
+    d = json.loads(path.read_text())
+    cal = d["calibration"][TINY.key()]
+    for k in ("loo_median_abs_pct", "loo_median_abs_pct_linear", "corrections_ms", "ridge_lambda"):
+        cal.pop(k)
+    cal["scale"], cal["offset_ms"] = 5.0, -1.0  # fitted on the sums of the position-priced edges
+    for n in cal["networks"]:
+        n["raw_ms"] *= 1.3
+    path.write_text(json.dumps(d))
+    again, _ = LatencyTable.open(TINY, path)
+    fresh = again.calibration[TINY.key()]
+    assert fresh["scale"] == pytest.approx(good["scale"]) and fresh["loo_median_abs_pct"] is not None
+    assert fresh["corrections_ms"] == pytest.approx(good["corrections_ms"])
+
+
 def test_too_few_calibration_networks_fit_the_linear_part_only(tmp_path):
     table = LatencyTable.load_or_measure(TINY, tmp_path / "t.json", calibrate=5, timer=CrowdedDil(), progress=False)
     cal = table.calibration[TINY.key()]

@@ -461,8 +461,25 @@ class LatencyTable:
             stats = timer(deploy_network(g, spec), spec)
             cal["networks"].append({"genotype": g.to_dict(), "raw_ms": self.raw_ms(g, spec), "p50_ms": stats.p50_ms})
             bar.update(1)
-        self.calibration[spec.key()] = fit_calibration(cal["networks"], spec)
+        self.refit_calibration(spec)
         return n
+
+    def refit_calibration(self, spec: DeploySpec, only_stale: bool = False) -> None:
+        """Fit the calibration of ``spec`` again from its measured networks, their sums taken from today's entries.
+
+        ``only_stale``: only a calibration written before the leave-one-out fit (and before the sums
+        priced every reduction edge by its input), whose offset and scale were fitted on wrong sums.
+        """
+        cal = self.calibration.get(spec.key())
+        if not cal or not cal.get("networks") or (only_stale and "loo_median_abs_pct" in cal):
+            return
+        if spec.key() not in self.fixed or any(k not in self.entries for k in self._needed_keys(cal, spec)):
+            return
+        nets = [{**n, "raw_ms": self.raw_ms(Genotype.from_dict(n["genotype"]), spec)} for n in cal["networks"]]
+        self.calibration[spec.key()] = fit_calibration(nets, spec)
+
+    def _needed_keys(self, cal: dict, spec: DeploySpec) -> set[str]:
+        return {k for n in cal["networks"] for k in edge_counts(Genotype.from_dict(n["genotype"]), spec)}
 
     # ---- files
     def to_dict(self) -> dict:
@@ -581,6 +598,7 @@ class LatencyTable:
         if not p.exists():
             return cls(fp, path=p), True
         table = cls.load(p)
+        table.refit_calibration(spec, only_stale=True)
         if table.fingerprint.get("id") == fp["id"]:
             return table, True
         if path is None:  # the default path is named by this fingerprint: another one inside is corrupt
