@@ -231,6 +231,12 @@ def markdown(report: dict) -> str:
              f"- machine: {fp['cpu']}, {fp['logical_cores']} logical cores, onnxruntime {fp['onnxruntime']}, "
              f"{fp['threads']} thread, opt level `{fp['opt_level']}` (fingerprint `{fp['id']}`)", ""]
     for shape, r in report["shapes"].items():
+        if "table_refused" in r and "spec" not in r:  # nothing measured against a table this run could trust
+            cal = r["table_refused"].get("calibration", {})
+            lines += [f"## {shape}", "", f"- **table refused**: {r['table_refused']['error']}",
+                      "- calibration (24 networks unless said): " + ", ".join(
+                          f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in cal.items()), ""]
+            continue
         if "spec" not in r:
             continue
         spec = r["spec"]
@@ -348,7 +354,11 @@ def main(argv=None) -> int:
         try:
             check_table(table, spec, timer, args.calibrate)
         except NasdeployError as e:  # a table measured under too much load: say so, go on with the next shape
-            r["table_refused"] = {"error": str(e), "load_avg": load_avg()}
+            for stale in ("range_measured_ms", "range_predicted_ms", "calibration", "table_s", "table_load_avg"):
+                r.pop(stale, None)  # figures of an earlier table: not this one's
+            cal = table.calibration.get(spec.key(), {})
+            r["table_refused"] = {"error": str(e), "load_avg": load_avg(), "calibration": {
+                k: v for k, v in cal.items() if k not in ("networks", "corrections_ms")}}
             log(f"{shape}: table refused: {e}")
             save()
             continue
