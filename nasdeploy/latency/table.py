@@ -473,13 +473,13 @@ class LatencyTable:
         cal = self.calibration.get(spec.key())
         if not cal or not cal.get("networks") or (only_stale and "loo_median_abs_pct" in cal):
             return
-        if spec.key() not in self.fixed or any(k not in self.entries for k in self._needed_keys(cal, spec)):
+        if spec.key() not in self.fixed:
             return
-        nets = [{**n, "raw_ms": self.raw_ms(Genotype.from_dict(n["genotype"]), spec)} for n in cal["networks"]]
+        try:
+            nets = [{**n, "raw_ms": self.raw_ms(Genotype.from_dict(n["genotype"]), spec)} for n in cal["networks"]]
+        except ProfileError:  # an entry is missing (dropped as untrusted): refit once it is measured again
+            return
         self.calibration[spec.key()] = fit_calibration(nets, spec)
-
-    def _needed_keys(self, cal: dict, spec: DeploySpec) -> set[str]:
-        return {k for n in cal["networks"] for k in edge_counts(Genotype.from_dict(n["genotype"]), spec)}
 
     # ---- files
     def to_dict(self) -> dict:
@@ -687,7 +687,8 @@ def edge_counts(genotype: Genotype, spec: DeploySpec) -> dict[str, int]:
     for op, per_cell in spec.kept_edges(genotype):
         for k in per_cell:
             if not is_free(op, k[3]):
-                counts[spec.entry_key(op, k)] = counts.get(spec.entry_key(op, k), 0) + 1
+                key = spec.entry_key(op, k)
+                counts[key] = counts.get(key, 0) + 1
     return counts
 
 
