@@ -35,7 +35,7 @@ from nasdeploy.artifacts import atomic_write, write_json
 from nasdeploy.config import PRESETS, SearchConfig, TrainConfig
 from nasdeploy.errors import NasdeployError
 from nasdeploy.latency.kit import FreshProcessTimer
-from nasdeploy.latency.measure import machine_fingerprint
+from nasdeploy.latency.measure import INTERLEAVE, machine_fingerprint, steady_ms
 from nasdeploy.latency.model import achievable_range, genotype_latency
 from nasdeploy.latency.table import DeploySpec, LatencyTable, deploy_network, ort_timer, random_genotype
 
@@ -62,18 +62,19 @@ def prediction(table: LatencyTable, spec: DeploySpec, n: int, seed: int, timer, 
                on_row=None) -> dict:
     rng = random.Random(f"validation-{seed}")
     rows = list(rows or [])
-    for i in range(n):
-        g = random_genotype(rng, spec.steps, spec.multiplier, spec.primitives)
-        if i < len(rows):  # timed by an earlier, interrupted run (the same seeded draw)
-            continue
+    gs = [random_genotype(rng, spec.steps, spec.multiplier, spec.primitives) for _ in range(n)]
+    group = INTERLEAVE["group"]
+    for g0 in range(len(rows), n, group):  # rows timed by an earlier, interrupted run: the same seeded draw
+        chunk = gs[g0:g0 + group]
         la = load_avg()
-        stats = timer(deploy_network(g, spec), spec)
-        rows.append({"genotype": g.to_dict(), "measured_ms": stats.p50_ms, "predicted_ms": table.predict_ms(g, spec),
-                     "raw_sum_ms": table.raw_ms(g, spec), "load_avg": la})
+        for k, (g, st) in enumerate(zip(chunk, timer.many([deploy_network(g, spec) for g in chunk], spec)), g0):
+            rows.append({"genotype": g.to_dict(), "measured_ms": steady_ms(st), "plain_p50_ms": st.p50_ms,
+                         "predicted_ms": table.predict_ms(g, spec), "raw_sum_ms": table.raw_ms(g, spec),
+                         "load_avg": la})
+            log(f"  net {k + 1}/{n}: measured (steady p50) {steady_ms(st):.4f} ms (p50 {st.p50_ms:.4f})  "
+                f"predicted {rows[-1]['predicted_ms']:.4f}  raw {rows[-1]['raw_sum_ms']:.4f}")
         if on_row is not None:
             on_row(rows)
-        log(f"  net {i + 1}/{n}: measured {stats.p50_ms:.4f} ms  predicted {rows[-1]['predicted_ms']:.4f}  "
-            f"raw {rows[-1]['raw_sum_ms']:.4f}")
     meas = [r["measured_ms"] for r in rows]
     return {"networks": rows, "calibrated": summarize([r["predicted_ms"] for r in rows], meas),
             "raw_sum": summarize([r["raw_sum_ms"] for r in rows], meas),
@@ -93,7 +94,7 @@ def fresh_p50(onnx: Path, threads: int = 1) -> dict:
     verifier's own fresh-process timer and settings (``kit.FreshProcessTimer``), not the search's figure."""
     shape = [1, *ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).get_inputs()[0].shape[1:]]
     st = FreshProcessTimer(threads=threads).time_file(onnx, tuple(shape))
-    return {"p50_ms": st.p50_ms, "repeats": st.repeats, "load_avg": load_avg()}
+    return {"p50_ms": steady_ms(st), "plain_p50_ms": st.p50_ms, "repeats": st.repeats, "load_avg": load_avg()}
 
 
 def digits32(path: Path) -> Path:

@@ -42,6 +42,18 @@ class CountingTimer:
         return LatencyStats(spec.batch, 0, 1, ms, 0.0, ms, ms, ms, ms, 1000 / ms)
 
 
+class GroupTimer(CountingTimer):
+    """CountingTimer that can time networks together (as OrtTimer.many): records the group sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.groups = []
+
+    def many(self, nets, spec):
+        self.groups.append(len(nets))
+        return [self(n, spec) for n in nets]
+
+
 # ------------------------------------------------------------------ table: keys and cache
 
 def test_cache_key_changes_with_threads_and_shapes():
@@ -128,6 +140,32 @@ def test_two_processes_saving_one_table_keep_each_others_entries(tmp_path):
     table.save(table.path)
     on_disk = LatencyTable.load(table.path)
     assert bad not in on_disk.entries and TINY.key() not in on_disk.calibration and TINY.key() in on_disk.fixed
+
+
+def test_a_timer_that_times_together_gets_the_pieces_in_groups_and_the_same_table(tmp_path):
+    from nasdeploy.latency.measure import INTERLEAVE
+
+    one = LatencyTable.load_or_measure(TINY, tmp_path / "a.json", calibrate=5, timer=CountingTimer(), progress=False)
+    grouped = GroupTimer()
+    many = LatencyTable.load_or_measure(TINY, tmp_path / "b.json", calibrate=5, timer=grouped, progress=False)
+    n = grouped.calls
+    assert sum(grouped.groups) == n and max(grouped.groups) == INTERLEAVE["group"]
+    assert len(grouped.groups) == -(-n // INTERLEAVE["group"])
+    assert many.entries == one.entries and many.fixed == one.fixed
+    assert many.calibration[TINY.key()]["scale"] == pytest.approx(one.calibration[TINY.key()]["scale"])
+
+
+def test_a_table_of_plain_p50s_is_timed_again(tmp_path):
+    path = tmp_path / "t.json"
+    LatencyTable.load_or_measure(TINY, path, calibrate=3, timer=CountingTimer(), progress=False)
+    d = json.loads(path.read_text())
+    assert d["figure"] == "steady_p50"
+    del d["figure"]  # as written before the steady figure
+    path.write_text(json.dumps(d))
+    again = CountingTimer()
+    with pytest.warns(RuntimeWarning, match="plain p50s"):
+        LatencyTable.load_or_measure(TINY, path, calibrate=3, timer=again, progress=False)
+    assert again.calls > 3  # skeletons, entries and calibration, not only what was missing
 
 
 def test_table_keys_carry_the_opset_and_old_tables_read_as_opset_20(tmp_path, monkeypatch):

@@ -220,9 +220,14 @@ def test_a_negative_cost_confirmed_by_re_measurement_is_used_when_whole_networks
     neg = [k for k in table.entry_keys(TINY) if table.entries[k]["ms"] < 0]
     assert neg and all(k.startswith("avg_pool_3x3") for k in neg)
     assert "negative" in table_problems(table, TINY)[0]  # first sight: not trusted
+    nets = list(table.calibration[TINY.key()]["networks"])
+    before = timer.calls
     with pytest.warns(RuntimeWarning, match="below 0 on two measurements.*avg_pool_3x3.*fit within 0.0%"):
         check_table(table, TINY, timer, calibrate=4, progress=False)
     assert table_problems(table, TINY) == []
+    # only the negative entries were timed again; the calibration's networks (which fit) were refitted, not re-timed
+    assert timer.calls - before == len(neg)
+    assert [n["genotype"] for n in table.calibration[TINY.key()]["networks"]] == [n["genotype"] for n in nets]
     reloaded = LatencyTable.load(path)  # the confirmation is stored: the next search re-measures nothing
     assert all(reloaded.entries[k].get("confirmed_negative") for k in neg)
     calls = timer.calls
@@ -297,6 +302,36 @@ def test_a_kit_result_is_used_whatever_the_fingerprint_and_refused_for_another_d
     wider = DeploySpec(C=8, layers=3, in_channels=1, H=8, W=8, num_classes=10, steps=2, multiplier=2)
     with pytest.raises(ProfileError, match=r"another deployment \(C = 4 there, 8 here\)"):
         LatencyTable.open(wider, path)
+
+
+def test_kit_runner_times_its_pieces_interleaved(tmp_path):
+    """The runner as written (embedded latency.measure, measure_many by groups of INTERLEAVE["group"])."""
+    from nasdeploy.latency.kit import KIT_FORMAT, RUNNER, runner_source
+    from nasdeploy.latency.measure import INTERLEAVE
+    from nasdeploy.latency.table import TABLE_FORMAT, example_input, skeleton_network
+    from nasdeploy.onnxio import Logits, torch_export
+
+    kit = tmp_path / "kit"
+    (kit / "onnx").mkdir(parents=True)
+    x = example_input(TINY)
+    with torch.no_grad():
+        torch_export(Logits(skeleton_network(TINY)[0].eval()).eval(), x, kit / "onnx" / "a.onnx", TINY.opset)
+    n = INTERLEAVE["group"] + 2  # two groups
+    manifest = {"format": KIT_FORMAT, "table_format": TABLE_FORMAT, "spec": {}, "input_shape": list(x.shape),
+                "threads": 1, "opt_level": "all", "pieces": [{"kind": "probe", "name": f"p{k}", "file": "onnx/a.onnx"}
+                                                              for k in range(n)],
+                "timing": {"warmup": 2, "interleave": {**INTERLEAVE, "min_windows": 3, "min_span_s": 0.0}}}
+    (kit / "manifest.json").write_text(json.dumps(manifest))
+    (kit / RUNNER).write_text(runner_source())
+    out = tmp_path / "serving.json"
+    run = subprocess.run([sys.executable, str(kit / RUNNER), "--out", str(out)], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    timings = json.loads(out.read_text())["timings"]
+    assert [t["name"] for t in timings] == [f"p{k}" for k in range(n)]
+    stats = [t["stats"] for t in timings]
+    assert all(s["repeats"] == 3 * INTERLEAVE["window"] and 0 < s["steady_p50_ms"] <= s["p50_ms"] * 1.5
+               for s in stats)
 
 
 @pytest.mark.slow

@@ -12,7 +12,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from nasdeploy.deploy.profile import LatencyReport, ProfileConfig, op_breakdown, profile
 from nasdeploy.errors import ProfileError
-from nasdeploy.latency.measure import LatencyStats, machine_fingerprint, make_session, measure
+from nasdeploy.latency.measure import (
+    LatencyStats,
+    machine_fingerprint,
+    make_session,
+    measure,
+    measure_many,
+    steady_ms,
+)
 from nasdeploy.onnxio import graph_inputs, load_onnx
 
 FAST = dict(warmup=2, repeats=15, trace_runs=3)
@@ -147,6 +154,34 @@ def test_measure_session_infers_batch(tiny_onnx):
     stats = measure(sess, {"input": np.zeros((3, 3, 16, 16), np.float32)}, warmup=1, repeats=3)
     assert stats.batch_size == 3 and stats.repeats == 3
     assert LatencyStats.from_dict(json.loads(json.dumps(stats.to_dict()))) == stats
+
+
+def test_steady_p50_is_the_quietest_window_median_and_ignores_a_load_episode():
+    # 6 windows of 4 calls: a load episode (windows 0-2 at 2 ms, one 5 ms spike), then quiet ones near 1 ms
+    ms = [2, 2, 2, 2] * 3 + [1.0, 1.1, 1.0, 0.9] + [1.2, 1.1, 1.2, 5.0] + [1.3, 1.4, 1.2, 1.3]
+    stats = LatencyStats.from_times_ns(np.array(ms) * 1e6, batch_size=1, warmup=0, window=4)
+    assert stats.steady_p50_ms == pytest.approx(1.0)  # median of window 3, the quietest
+    assert stats.p50_ms == pytest.approx(np.median(ms)) and stats.p50_ms > 1.5
+    assert steady_ms(stats) == stats.steady_p50_ms and steady_ms(stats.to_dict()) == stats.steady_p50_ms
+    short = LatencyStats.from_times_ns(np.array(ms[:7]) * 1e6, batch_size=1, warmup=0, window=4)
+    assert short.steady_p50_ms is None and steady_ms(short) == short.p50_ms  # one window: no steady figure
+    old = {k: v for k, v in stats.to_dict().items() if k != "steady_p50_ms"}  # a record from before the field
+    assert LatencyStats.from_dict(old).steady_p50_ms is None and steady_ms(old) == stats.p50_ms
+
+
+def test_measure_many_interleaves_whole_windows_and_times_each_target():
+    order = []
+    calls = [lambda k=k: order.append(k) for k in range(3)]
+    out = measure_many([(c, None) for c in calls], warmup=2, window=5, min_windows=4, min_span_s=0.0)
+    timed = order[6:]  # after 2 warm-up calls each
+    assert timed == [k for _ in range(4) for k in range(3) for _ in range(5)]
+    assert [s.repeats for s in out] == [20, 20, 20] and all(s.steady_p50_ms is not None for s in out)
+    slow = measure_many([(lambda: time.sleep(0.002), None), (lambda: None, None)], warmup=0, window=2,
+                        min_windows=2, min_span_s=0.05)
+    assert slow[0].repeats >= 2 * 10 and slow[0].repeats == slow[1].repeats  # kept going for the span
+    assert slow[0].steady_p50_ms >= 2.0 > slow[1].steady_p50_ms
+    with pytest.raises(ProfileError, match="min_windows"):
+        measure_many([(lambda: None, None)], min_windows=1)
 
 
 def test_fingerprint_id_is_stable_and_depends_on_settings():

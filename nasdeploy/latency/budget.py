@@ -39,6 +39,7 @@ from ..space.cell import alpha_rows
 from ..space.genotype import Genotype
 from ..space.primitives import candidate_ops
 from .kit import FreshProcessTimer
+from .measure import steady_ms
 from .model import LatencyCosts, achievable_range, genotype_latency
 from .table import DeploySpec, LatencyTable, Timer, deploy_network, ort_timer, probe_genotypes
 
@@ -83,14 +84,15 @@ def measured_range(table: LatencyTable, spec: DeploySpec, timer: Timer | None, p
                            "run the latency kit's runner on the serving machine again (it times them first)")
     for side, name, g in todo:
         stats = timer(deploy_network(g, spec), spec)
-        probes[name] = {"side": side, "genotype": g.to_dict(), "p50_ms": stats.p50_ms, "stats": stats.to_dict(),
+        ms = steady_ms(stats)
+        probes[name] = {"side": side, "genotype": g.to_dict(), "p50_ms": ms, "stats": stats.to_dict(),
                         "load_avg": load_avg()}
         if progress:
-            print(f"probe {name}: {stats.p50_ms:.4f} ms", flush=True)
+            print(f"probe {name}: {ms:.4f} ms", flush=True)
         if table.path is not None:
             table.save(table.path)
-        if side == "fast" and target is not None and target < stats.p50_ms:
-            check_budget(target, stats.p50_ms, float("inf"), "measured p50 of its fastest probe network")
+        if side == "fast" and target is not None and target < ms:
+            check_budget(target, ms, float("inf"), "measured p50 of its fastest probe network")
     fast = min(p["p50_ms"] for p in probes.values() if p["side"] == "fast")
     slow = max(p["p50_ms"] for p in probes.values() if p["side"] == "slow")
     return fast, slow, probes
@@ -173,8 +175,10 @@ def check_table(table: LatencyTable, spec: DeploySpec, timer: Timer | None, cali
         if not table_problems(table, spec):
             break
         negative = {k for k in table.entry_keys(spec) if table.entries[k]["ms"] < 0}
-        table.forget_untrusted(spec)
+        cal_bad = any("calibration" in p for p in table_problems(table, spec))
+        table.forget_untrusted(spec, calibration=cal_bad)  # a calibration that held is refitted, not re-timed
         table.measure_missing(spec, timer, calibrate, progress)
+        table.refit_calibration(spec)
         for k in negative & set(table.entry_keys(spec)):
             if table.entries[k]["ms"] < 0:
                 table.entries[k]["confirmed_negative"] = True
@@ -258,9 +262,10 @@ class Budget:
         """(in-process p50, the :data:`FRESH_RUNS` fresh-process p50s) of the served network, in ms."""
         net = deploy_network(genotype, self.spec)
         if self.fresh is None:
-            return self.timer(net, self.spec).p50_ms, [self.timer(net, self.spec).p50_ms for _ in range(FRESH_RUNS)]
+            return steady_ms(self.timer(net, self.spec)), [steady_ms(self.timer(net, self.spec))
+                                                           for _ in range(FRESH_RUNS)]
         here, fresh = self.fresh.compare(net, self.spec, FRESH_RUNS)
-        return here.p50_ms, [s.p50_ms for s in fresh]
+        return steady_ms(here), [steady_ms(s) for s in fresh]
 
     def verify(self, genotype: Genotype, weights: Sequence[torch.Tensor] | None = None,
                skip_limit: int | None = None, max_rounds: int = MAX_ROUNDS) -> tuple[Genotype, dict]:

@@ -102,12 +102,20 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     timings = []
     start = time.perf_counter()
-    for k, piece in enumerate(manifest["pieces"]):
-        sess = make_session(str(here / piece["file"]), args.provider, args.threads, args.opt_level)
-        feeds = {sess.get_inputs()[0].name: rng.standard_normal(manifest["input_shape"]).astype(np.float32)}
-        stats = measure(sess, feeds, warmup=t["warmup"], repeats=t["repeats"], min_time_s=t["min_time_s"])
-        timings.append({**{k2: v for k2, v in piece.items() if k2 != "file"}, "stats": stats.to_dict()})
-        print(f"[{k + 1}/{len(manifest['pieces'])}] {piece['name']}: p50 {stats.p50_ms:.4f} ms", file=sys.stderr)
+    pieces, il = manifest["pieces"], t.get("interleave", INTERLEAVE)
+    for g0 in range(0, len(pieces), il["group"]):  # a group at a time, interleaved (measure_many)
+        group = pieces[g0:g0 + il["group"]]
+        targets = []
+        for piece in group:
+            sess = make_session(str(here / piece["file"]), args.provider, args.threads, args.opt_level)
+            targets.append((sess, {sess.get_inputs()[0].name:
+                                   rng.standard_normal(manifest["input_shape"]).astype(np.float32)}))
+        all_stats = measure_many(targets, warmup=t["warmup"], window=il["window"], min_windows=il["min_windows"],
+                                 min_span_s=il["min_span_s"])
+        for k, (piece, stats) in enumerate(zip(group, all_stats), start=g0):
+            timings.append({**{k2: v for k2, v in piece.items() if k2 != "file"}, "stats": stats.to_dict()})
+            print(f"[{k + 1}/{len(pieces)}] {piece['name']}: steady p50 {steady_ms(stats):.4f} ms "
+                  f"(p50 {stats.p50_ms:.4f})", file=sys.stderr)
     table = {"format": manifest["table_format"], "fingerprint": fp, "spec": manifest["spec"],
              "timings": timings, "load_avg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg")
              else None, "seconds": time.perf_counter() - start, "kit": manifest["format"]}
@@ -136,8 +144,9 @@ print(json.dumps(time_one(sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.a
 '''
 
 # What the runner embeds from latency.measure, in dependency order.
-_EMBEDDED = ("OPT_LEVELS", "_check_opt_level", "_check_threads", "_check_provider", "_cpu_model",
-             "machine_fingerprint", "make_session", "LatencyStats", "_batch_of", "measure")
+_EMBEDDED = ("STEADY_WINDOW", "INTERLEAVE", "OPT_LEVELS", "_check_opt_level", "_check_threads", "_check_provider",
+             "_cpu_model", "machine_fingerprint", "make_session", "LatencyStats", "steady_ms", "_batch_of",
+             "_as_call", "measure", "measure_many")
 
 
 def _embedded_source() -> str:
@@ -148,6 +157,8 @@ def _embedded_source() -> str:
         if name == "OPT_LEVELS":  # a constant: its assignment, as written in measure.py
             start = src.index("OPT_LEVELS = {")
             parts.append(src[start:src.index("}\n", start) + 2])
+        elif name.isupper():  # a plain constant: its value
+            parts.append(f"{name} = {getattr(measure, name)!r}")
         else:
             parts.append(inspect.getsource(getattr(measure, name)))
     return "\n\n".join(parts)
@@ -178,7 +189,7 @@ class FreshProcessTimer:
     provider: str = "CPUExecutionProvider"
     warmup: int = 30
     repeats: int = 300
-    min_time_s: float = 0.2
+    min_time_s: float = 2.0  # long enough for quiet stretches between a shared host's load episodes
     python: str = sys.executable
     timeout_s: float = 600.0
 
@@ -271,7 +282,8 @@ def write_kit(spec: DeploySpec, out: str | os.PathLike, *, calibrate: int = CALI
     manifest = {"format": KIT_FORMAT, "table_format": TABLE_FORMAT, "spec": {**asdict(spec),
                 "primitives": list(spec.primitives)}, "key": spec.key(), "input_shape": list(x.shape),
                 "threads": threads, "opt_level": opt_level, "opset": opset,
-                "timing": {"warmup": warmup, "repeats": repeats, "min_time_s": min_time_s}, "pieces": []}
+                "timing": {"warmup": warmup, "repeats": repeats, "min_time_s": min_time_s,
+                           "interleave": dict(measure.INTERLEAVE)}, "pieces": []}
     pieces = kit_pieces(spec, calibrate)
     for k, (entry, net) in tqdm(list(enumerate(pieces)), disable=not progress, desc="latency kit", unit="net",
                                 leave=False):

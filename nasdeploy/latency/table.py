@@ -50,9 +50,12 @@ from ..space.cell import alpha_rows, concat_nodes, edge_inputs, edge_stride, ran
 from ..space.genotype import Genotype
 from ..space.network import stem_for
 from ..space.primitives import PARAMETER_FREE, PRIMITIVES, Identity, candidate_ops
-from .measure import LatencyStats, machine_fingerprint, make_session, measure
+from .measure import INTERLEAVE, LatencyStats, machine_fingerprint, make_session, measure, measure_many, steady_ms
 
 TABLE_FORMAT = "nasdeploy.latency_table/1"
+# What every ms of a table is: LatencyStats.steady_p50_ms (latency.measure). Records of a file without this
+# marker were plain p50s, taken under whatever load the host had: dropped on load, so they are timed again.
+TABLE_FIGURE = "steady_p50"
 CALIBRATION_NETWORKS = 24  # whole networks of a calibration by default (SearchConfig.latency_calibration)
 DEFAULT_OPSET = 20  # ExportConfig's default; tables written before keys carried the opset were timed at it
 # ms per call of a network; the table's timer is swappable (tests count calls).
@@ -266,16 +269,41 @@ def time_onnx(path: str | os.PathLike, x: np.ndarray, provider: str = "CPUExecut
     return measure(sess, {sess.get_inputs()[0].name: x}, warmup=warmup, repeats=repeats, min_time_s=min_time_s)
 
 
-def ort_timer(threads: int = 1, opt_level: str = "all", provider: str = "CPUExecutionProvider",
-              warmup: int = 30, repeats: int = 300, min_time_s: float = 0.2) -> Timer:
-    """Export a module as ``deploy.export`` does (dynamo, one file, at ``spec.opset``) and time it in this process."""
+class OrtTimer:
+    """Export a module as ``deploy.export`` does (dynamo, one file, at ``spec.opset``) and time it in this process.
 
-    def run(net: nn.Module, spec: DeploySpec) -> LatencyStats:
+    ``timer(net, spec)`` times one network (``latency.measure``'s loop); ``timer.many(nets, spec)`` exports them
+    all, then times them interleaved (``measure_many``), as the table times its pieces.
+    """
+
+    def __init__(self, threads: int = 1, opt_level: str = "all", provider: str = "CPUExecutionProvider",
+                 warmup: int = 30, repeats: int = 300, min_time_s: float = 0.2, interleave: dict | None = None):
+        self.threads, self.opt_level, self.provider = threads, opt_level, provider
+        self.warmup, self.repeats, self.min_time_s = warmup, repeats, min_time_s
+        self.interleave = dict(INTERLEAVE if interleave is None else interleave)
+
+    def __call__(self, net: nn.Module, spec: DeploySpec) -> LatencyStats:
         x = example_input(spec)
         with exported(net, x, "nasdeploy-lut-", opset=spec.opset) as path:
-            return time_onnx(path, x.numpy(), provider, threads, opt_level, warmup, repeats, min_time_s)
+            return time_onnx(path, x.numpy(), self.provider, self.threads, self.opt_level, self.warmup,
+                             self.repeats, self.min_time_s)
 
-    return run
+    def many(self, nets: Sequence[nn.Module], spec: DeploySpec) -> list[LatencyStats]:
+        from contextlib import ExitStack
+
+        x = example_input(spec)
+        with ExitStack() as stack:
+            paths = [stack.enter_context(exported(n, x, "nasdeploy-lut-", opset=spec.opset)) for n in nets]
+            sessions = [make_session(p, self.provider, self.threads, self.opt_level) for p in paths]
+            il = self.interleave
+            return measure_many([(s, {s.get_inputs()[0].name: x.numpy()}) for s in sessions], warmup=self.warmup,
+                                window=il["window"], min_windows=il["min_windows"], min_span_s=il["min_span_s"])
+
+
+def ort_timer(threads: int = 1, opt_level: str = "all", provider: str = "CPUExecutionProvider",
+              warmup: int = 30, repeats: int = 300, min_time_s: float = 0.2) -> OrtTimer:
+    """The table's default timer (:class:`OrtTimer`)."""
+    return OrtTimer(threads, opt_level, provider, warmup, repeats, min_time_s)
 
 
 def _fewest_strided(steps: int) -> list[int]:
@@ -359,9 +387,10 @@ class LatencyTable:
         return [spec.entry_key(op, klass) for klass in spec.shape_classes() for op in spec.primitives
                 if not is_free(op, klass[3]) and spec.entry_key(op, klass) in self.entries]
 
-    def forget_untrusted(self, spec: DeploySpec) -> None:
-        """Drop negative entries (except ones a re-measurement confirmed), a non-positive fixed part and the
-        calibration, so they are timed again."""
+    def forget_untrusted(self, spec: DeploySpec, calibration: bool = True) -> None:
+        """Drop negative entries (except ones a re-measurement confirmed), a non-positive fixed part and (with
+        ``calibration``) the calibration's networks, so they are timed again. Without it the measured networks
+        stay: they are whole-network facts, refitted to the re-measured entries (:meth:`refit_calibration`)."""
         for k in self.entry_keys(spec):
             if self.entries[k]["ms"] < 0 and not self.entries[k].get("confirmed_negative"):
                 del self.entries[k]
@@ -369,8 +398,9 @@ class LatencyTable:
         if spec.key() in self.fixed and self.fixed[spec.key()]["ms"] <= 0:
             del self.fixed[spec.key()]
             self._dropped.add(("fixed", spec.key()))
-        self.calibration.pop(spec.key(), None)
-        self._dropped.add(("calibration", spec.key()))
+        if calibration:
+            self.calibration.pop(spec.key(), None)
+            self._dropped.add(("calibration", spec.key()))
 
     def raw_ms(self, genotype: Genotype, spec: DeploySpec) -> float:
         """Fixed part + sum of in-context entries (uncalibrated)."""
@@ -423,46 +453,68 @@ class LatencyTable:
         from tqdm.auto import tqdm
 
         todo = self.missing(spec, calibrate)
-        n_steps = sum(n if kind == "calibration" else 1 for kind, n in todo)
-        bar = tqdm(total=n_steps, disable=not progress or n_steps == 0, desc="latency table", unit="net",
+        jobs = self._jobs(spec, todo, seed)
+        bar = tqdm(total=len(jobs), disable=not progress or not jobs, desc="latency table", unit="net",
                    dynamic_ncols=True, leave=False)
-        timed = 0
+        many = getattr(timer, "many", None)
+        group = INTERLEAVE["group"] if many is not None else 1
+        calibrated = False
         try:
-            for kind, what in todo:
-                if kind == "fixed":
-                    bar.set_postfix_str("skeleton")
-                    self._measure_fixed(spec, timer)
-                    timed += 2
-                    bar.update(1)
-                elif kind == "entry":
-                    op, klass = what
-                    bar.set_postfix_str(spec.entry_key(op, klass))
-                    net, n = skeleton_network(spec, op=op, klass=klass)
-                    self.entries[spec.entry_key(op, klass)] = entry_record(
-                        self.fixed[spec.key()], klass, n, timer(net, spec), spec)
-                    timed += 1
-                    bar.update(1)
-                else:
-                    timed += self._calibrate(spec, timer, what, seed, bar)
+            for g0 in range(0, len(jobs), group):  # a group at a time: interleaved where the timer can
+                chunk = jobs[g0:g0 + group]
+                bar.set_postfix_str(", ".join(name for name, _, _ in chunk)[:60])
+                nets = [net for _, net, _ in chunk]
+                stats = many(nets, spec) if many is not None else [timer(net, spec) for net in nets]
+                for (_, _, record), st in zip(chunk, stats):
+                    calibrated |= record(st) == "calibration"
+                if save and self.path is not None:
+                    self.save(self.path)
+                bar.update(len(chunk))
+            if calibrated:
+                self.refit_calibration(spec)
                 if save and self.path is not None:
                     self.save(self.path)
         finally:
             bar.close()
-        return timed
+        return len(jobs)
 
-    def _measure_fixed(self, spec: DeploySpec, timer: Timer) -> None:
-        s_min = timer(skeleton_network(spec, _skeleton_inputs(spec.steps))[0], spec)
-        s_max = timer(skeleton_network(spec, _all_input_inputs(spec.steps))[0], spec)
-        self.fixed[spec.key()] = fixed_record(spec, s_min, s_max)
+    def _jobs(self, spec: DeploySpec, todo: list[tuple[str, Any]], seed: int) -> list[tuple[str, nn.Module, Any]]:
+        """(name, network, record(stats)) for every network ``todo`` needs, in an order whose records can be made
+        as they come (the two skeletons before the entries, the entries before the calibration)."""
+        jobs: list[tuple[str, nn.Module, Any]] = []
+        key = spec.key()
+        for kind, what in todo:
+            if kind == "fixed":
+                pair: dict[str, LatencyStats] = {}
 
-    def _calibrate(self, spec: DeploySpec, timer: Timer, n: int, seed: int, bar) -> int:
-        cal = self.calibration.setdefault(spec.key(), {"networks": []})
-        for g in calibration_genotypes(spec, n, seed, len(cal["networks"])):
-            stats = timer(deploy_network(g, spec), spec)
-            cal["networks"].append({"genotype": g.to_dict(), "raw_ms": self.raw_ms(g, spec), "p50_ms": stats.p50_ms})
-            bar.update(1)
-        self.refit_calibration(spec)
-        return n
+                def skel(st, which, pair=pair):
+                    pair[which] = st
+                    if len(pair) == 2:
+                        self.fixed[key] = fixed_record(spec, pair["min"], pair["max"])
+
+                jobs.append(("skeleton", skeleton_network(spec, _skeleton_inputs(spec.steps))[0],
+                             lambda st, f=skel: f(st, "min")))
+                jobs.append(("skeleton (all inputs)", skeleton_network(spec, _all_input_inputs(spec.steps))[0],
+                             lambda st, f=skel: f(st, "max")))
+            elif kind == "entry":
+                op, klass = what
+                net, n = skeleton_network(spec, op=op, klass=klass)
+
+                def entry(st, op=op, klass=klass, n=n):
+                    self.entries[spec.entry_key(op, klass)] = entry_record(self.fixed[key], klass, n, st, spec)
+
+                jobs.append((spec.entry_key(op, klass), net, entry))
+            else:
+                cal = self.calibration.setdefault(key, {"networks": []})
+                start = len(cal["networks"])
+                for i, g in enumerate(calibration_genotypes(spec, what, seed, start)):
+                    def network(st, g=g, cal=cal):
+                        cal["networks"].append({"genotype": g.to_dict(), "raw_ms": self.raw_ms(g, spec),
+                                                "p50_ms": steady_ms(st), "stats": st.to_dict()})
+                        return "calibration"
+
+                    jobs.append((f"calibration {start + i + 1}", deploy_network(g, spec), network))
+        return jobs
 
     def refit_calibration(self, spec: DeploySpec, only_stale: bool = False) -> None:
         """Fit the calibration of ``spec`` again from its measured networks, their sums taken from today's entries.
@@ -483,8 +535,8 @@ class LatencyTable:
 
     # ---- files
     def to_dict(self) -> dict:
-        return {"format": TABLE_FORMAT, "fingerprint": self.fingerprint, "entries": self.entries,
-                "fixed": self.fixed, "calibration": self.calibration, "probes": self.probes}
+        return {"format": TABLE_FORMAT, "figure": TABLE_FIGURE, "fingerprint": self.fingerprint,
+                "entries": self.entries, "fixed": self.fixed, "calibration": self.calibration, "probes": self.probes}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the table, merged with what another process wrote to ``path`` meanwhile (two searches, one cache).
@@ -539,6 +591,12 @@ class LatencyTable:
             raise ProfileError(f"{p} is not a {TABLE_FORMAT} file", "delete it and re-run `nasdeploy latency-table`")
         if "timings" in d:  # written by the latency kit's runner: raw timings of the kit's pieces
             return cls.from_timings(d, p)
+        if d.get("figure") != TABLE_FIGURE:
+            import warnings
+
+            warnings.warn(f"latency table {p} holds plain p50s (written before the steady figure): its records "
+                          "are timed again", RuntimeWarning, stacklevel=2)
+            d = {**d, "entries": {}, "fixed": {}, "calibration": {}, "probes": {}}
         d = _with_opset(d)
         return cls(d["fingerprint"], d.get("entries", {}), d.get("fixed", {}), d.get("calibration", {}), p,
                    d.get("probes", {}))
@@ -559,11 +617,12 @@ class LatencyTable:
                     table.fixed[spec.key()], tuple(pc["klass"]), pc["edges"], LatencyStats.from_dict(pc["stats"]),
                     spec)
             nets = [{"genotype": pc["genotype"], "raw_ms": table.raw_ms(Genotype.from_dict(pc["genotype"]), spec),
-                     "p50_ms": pc["stats"]["p50_ms"]} for pc in by_kind.get("calibration", [])]
+                     "p50_ms": steady_ms(pc["stats"]), "stats": pc["stats"]}
+                    for pc in by_kind.get("calibration", [])]
             if nets:
                 table.calibration[spec.key()] = fit_calibration(nets, spec)
             table.probes[spec.key()] = {pc["name"]: {"side": pc["side"], "genotype": pc["genotype"],
-                                                     "p50_ms": pc["stats"]["p50_ms"], "stats": pc["stats"],
+                                                     "p50_ms": steady_ms(pc["stats"]), "stats": pc["stats"],
                                                      "load_avg": d.get("load_avg")} for pc in by_kind.get("probe", [])}
         except (KeyError, TypeError, ValueError) as e:
             raise ProfileError(f"{path} is not a complete latency-kit result ({type(e).__name__}: {e})",
@@ -661,9 +720,10 @@ def fixed_record(spec: DeploySpec, s_min: LatencyStats, s_max: LatencyStats) -> 
     ins_min, ins_max = _skeleton_inputs(spec.steps), _all_input_inputs(spec.steps)
     d = n_red * (strided(ins_max) - strided(ins_min))
     # Both skeletons differ only in how many stride-2 edges are Slices; clamp noise at 0.
-    slice_ms = max(0.0, (s_max.p50_ms - s_min.p50_ms) / d) if d else 0.0
+    lo, hi = steady_ms(s_min), steady_ms(s_max)
+    slice_ms = max(0.0, (hi - lo) / d) if d else 0.0
     n_slices = n_red * strided(ins_min)
-    return {"ms": s_min.p50_ms - n_slices * slice_ms, "skeleton_ms": s_min.p50_ms, "slice_ms": slice_ms,
+    return {"ms": lo - n_slices * slice_ms, "skeleton_ms": lo, "slice_ms": slice_ms,
             "stats": s_min.to_dict(), "stats_all_inputs": s_max.to_dict(), "spec": asdict(spec)}
 
 
@@ -671,7 +731,7 @@ def entry_record(fx: dict, klass: tuple[int, int, int, int], n: int, stats: Late
     """An entry from the skeleton with ``n`` edges of ``klass`` set to the op: its marginal cost per edge."""
     base = fx["skeleton_ms"]
     # Replacing n placeholders by op: each stride-2 placeholder (a Slice) cost slice_ms.
-    ms = (stats.p50_ms - base) / n + (fx["slice_ms"] if klass[3] == 2 else 0.0)
+    ms = (steady_ms(stats) - base) / n + (fx["slice_ms"] if klass[3] == 2 else 0.0)
     return {"ms": ms, "edges": n, "base_ms": base, "stats": stats.to_dict(), "spec": spec.key()}
 
 
