@@ -38,7 +38,15 @@ from nasdeploy.latency.budget import FRESH_RUNS
 from nasdeploy.latency.kit import FreshProcessTimer
 from nasdeploy.latency.measure import INTERLEAVE, machine_fingerprint, steady_ms
 from nasdeploy.latency.model import achievable_range, genotype_latency
-from nasdeploy.latency.table import DeploySpec, LatencyTable, deploy_network, ort_timer, random_genotype
+from nasdeploy.latency.table import (
+    DeploySpec,
+    LatencyTable,
+    _skeleton_inputs,
+    deploy_network,
+    ort_timer,
+    random_genotype,
+    skeleton_network,
+)
 
 
 def spearman(a, b) -> float:
@@ -65,13 +73,19 @@ def prediction(table: LatencyTable, spec: DeploySpec, n: int, seed: int, timer, 
     rows = list(rows or [])
     gs = [random_genotype(rng, spec.steps, spec.multiplier, spec.primitives) for _ in range(n)]
     group = INTERLEAVE["group"]
+    # The skeleton, timed among every group, is the anchor: a group is re-timed while it reads more than 5% off
+    # its table figure (the table's own rule, OrtTimer.many_anchored), so a slow stretch of the host that spans
+    # one group does not pass for a prediction error. The ratios are kept per row.
+    skeleton = skeleton_network(spec, _skeleton_inputs(spec.steps))[0]
     for g0 in range(len(rows), n, group):  # rows timed by an earlier, interrupted run: the same seeded draw
         chunk = gs[g0:g0 + group]
         la = load_avg()
-        for k, (g, st) in enumerate(zip(chunk, timer.many([deploy_network(g, spec) for g in chunk], spec)), g0):
+        stats, ratios = timer.many_anchored([deploy_network(g, spec) for g in chunk], spec, skeleton,
+                                            table.fixed[spec.key()]["skeleton_ms"])
+        for k, (g, st) in enumerate(zip(chunk, stats), g0):
             rows.append({"genotype": g.to_dict(), "measured_ms": steady_ms(st), "plain_p50_ms": st.p50_ms,
                          "predicted_ms": table.predict_ms(g, spec), "raw_sum_ms": table.raw_ms(g, spec),
-                         "load_avg": la})
+                         "load_avg": la, "anchor_ratios": ratios})
             log(f"  net {k + 1}/{n}: measured (steady p50) {steady_ms(st):.4f} ms (p50 {st.p50_ms:.4f})  "
                 f"predicted {rows[-1]['predicted_ms']:.4f}  raw {rows[-1]['raw_sum_ms']:.4f}")
         if on_row is not None:
@@ -152,7 +166,8 @@ def budgets(spec: DeploySpec, table_path: Path, dataset: str, targets: list[floa
                "epoch_predicted_ms": [m.get("predicted_latency_ms") for m in res.metrics],
                "within_budget": None if t is None else bool(p50 <= t),
                "in_band": None if t is None else bool(0.85 * t <= p50 <= t),
-               "search_s": t_search, "run_dir": str(run)}
+               "search_s": t_search, "run_dir": str(run), "search_epochs": args.search_epochs,
+               "train_epochs": args.train_epochs}
         log(f"  {name}: predicted {pred:.4f} ms  search-measured {row['search_measured_ms']}  fresh {p50:.4f} ms "
             f"(load {fresh['load_avg']})  repairs {len(row['repairs'])}  test acc {tr.test_acc:.4f}")
         done[name] = row
@@ -200,7 +215,8 @@ def kit_round_trip(spec: DeploySpec, args, log) -> dict:
         plo, phi = achievable_range(table.costs(spec))
         row = {"threads": table.fingerprint["threads"], "local": local, "kit_s": t_kit, "runner_s": t_run,
                "measured_range_ms": [lo, hi], "predicted_range_ms": [plo, phi], "problems": table_problems(table, spec),
-               "load_avg": load_avg()}
+               "calibration": {k: v for k, v in table.calibration.get(spec.key(), {}).items()
+                               if k not in ("networks", "corrections_ms")}, "load_avg": load_avg()}
     log(f"  kit: 2 threads, measured range {lo:.4f}–{hi:.4f} ms, predicted {plo:.4f}–{phi:.4f}, {row['problems']}")
     return row
 
@@ -256,6 +272,11 @@ def markdown(report: dict) -> str:
         if pr and pr.get("calibrated"):
             c, raw = pr["calibrated"], pr["raw_sum"]
             las = [x["load_avg"][0] for x in pr["networks"] if x.get("load_avg")]
+            retimed = [x["anchor_ratios"] for x in pr["networks"][:: INTERLEAVE["group"]]
+                       if len(x.get("anchor_ratios", [])) > 1]
+            lines += [f"Groups of {INTERLEAVE['group']} re-timed because the skeleton timed among them read >5% off "
+                      f"its table figure: {len(retimed)} (skeleton/table ratios per attempt: "
+                      + ("; ".join(", ".join(f"{q:.3f}" for q in rr) for rr in retimed) or "none") + ")", ""]
             lines += [f"Prediction, {len(pr['networks'])} random genotypes (measured "
                       f"{pr['measured_range_ms'][0]:.4f}–{pr['measured_range_ms'][1]:.4f} ms; 1-min load average "
                       f"{min(las):.2f}–{max(las):.2f} while timing):" if las else "Prediction:", "",
@@ -267,8 +288,10 @@ def markdown(report: dict) -> str:
                       f"| {raw['max_abs_pct']:.1f} | {raw['mean_pct']:+.1f} | {raw['spearman']:.3f} |", ""]
         b = r.get("budgets")
         if b:
+            ep = sorted({(row.get("search_epochs"), row.get("train_epochs")) for row in b.values()}, key=str)
             lines += ["Budgets: fresh-process figure = median steady p50 of 3 new processes (numpy + onnxruntime); "
-                      "the plain p50 of the same timings beside it.", "",
+                      "the plain p50 of the same timings beside it. (search, retrain) epochs: "
+                      + ", ".join(f"({a}, {t})" for a, t in ep) + ".", "",
                       "| budget ms | predicted ms | search-measured ms | repairs | fresh-process p50 ms | ≤ T | "
                       "in [0.85T, T] | plain p50 ms | test acc | load avg (fresh) |",
                       "|---:|---:|---:|---:|---:|---|---|---:|---:|---|"]
@@ -293,7 +316,7 @@ def markdown(report: dict) -> str:
                   f"accepted as another machine's table (local: {k['local']}); measured range "
                   f"{k['measured_range_ms'][0]:.4f}–{k['measured_range_ms'][1]:.4f} ms, predicted "
                   f"{k['predicted_range_ms'][0]:.4f}–{k['predicted_range_ms'][1]:.4f} ms; problems: "
-                  f"{k['problems'] or 'none'} (load average {k['load_avg']})", ""]
+                  f"{k['problems'] or 'none'} (load average {k['load_avg']}); calibration {k.get('calibration')}", ""]
     lines += [f"Settings: {report.get('settings')}", "", "![accuracy vs latency](latency_validation.png)", ""]
     return "\n".join(lines)
 
@@ -318,8 +341,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--sections", default="refusal,prediction,kit,budgets")
     ap.add_argument("--redo", action="append", default=[], help="section to measure again (kept rows dropped)")
+    ap.add_argument("--torch-threads", type=int, default=1, help="threads of the searches and retrainings (the "
+                    "ORT timings run at 1 thread, in between)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.torch_threads)
 
     def log(s):
         print(s, file=sys.stderr, flush=True)

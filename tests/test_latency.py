@@ -155,6 +155,21 @@ def test_a_timer_that_times_together_gets_the_pieces_in_groups_and_the_same_tabl
     assert many.calibration[TINY.key()]["scale"] == pytest.approx(one.calibration[TINY.key()]["scale"])
 
 
+def test_a_group_whose_anchor_reads_off_its_figure_is_retimed_then_the_closest_attempt_kept():
+    from nasdeploy.latency.table import ANCHOR_TRIES, OrtTimer, _skeleton_inputs, deploy_network, skeleton_network
+
+    timer = OrtTimer(interleave={"group": 8, "window": 4, "min_windows": 2, "min_span_s": 0.0}, warmup=2)
+    nets = [deploy_network(random_genotype(__import__("random").Random(i), TINY.steps, TINY.multiplier,
+                                           TINY.primitives), TINY) for i in range(1)]
+    skel = skeleton_network(TINY, _skeleton_inputs(TINY.steps))[0]
+    # A known figure 1000x too high: the skeleton always reads ~0.001 of it, every try is spent.
+    stats, ratios = timer.many_anchored(nets, TINY, skel, 1e3, tol=0.05)
+    assert len(stats) == 1 and len(ratios) == ANCHOR_TRIES and all(r < 0.01 for r in ratios)
+    # Any reading is within a tolerance of 1000x: one try.
+    stats, ratios = timer.many_anchored(nets, TINY, skel, 1e3, tol=1e3)
+    assert len(stats) == 1 and len(ratios) == 1
+
+
 def test_a_table_of_plain_p50s_is_timed_again(tmp_path):
     path = tmp_path / "t.json"
     LatencyTable.load_or_measure(TINY, path, calibrate=3, timer=CountingTimer(), progress=False)
