@@ -147,6 +147,7 @@ def budgets(spec: DeploySpec, table_path: Path, dataset: str, targets: list[floa
         run = Path(args.work) / f"{spec.in_channels}x{spec.H}x{spec.W}" / name
         search_cfg = SearchConfig(**{**quick["search"], "epochs": args.search_epochs, "seed": args.seed,
                                      "latency_target": t, "latency_weight": args.weight,
+                                     "latency_under_weight": args.under,
                                      "latency_table": str(table_path), "latency_calibration": args.calibrate})
         t0 = time.perf_counter()
         res = search(search_cfg, data, run, progress=False, deploy=train_cfg)
@@ -167,7 +168,7 @@ def budgets(spec: DeploySpec, table_path: Path, dataset: str, targets: list[floa
                "within_budget": None if t is None else bool(p50 <= t),
                "in_band": None if t is None else bool(0.85 * t <= p50 <= t),
                "search_s": t_search, "run_dir": str(run), "search_epochs": args.search_epochs,
-               "train_epochs": args.train_epochs}
+               "train_epochs": args.train_epochs, "under_weight": args.under}
         log(f"  {name}: predicted {pred:.4f} ms  search-measured {row['search_measured_ms']}  fresh {p50:.4f} ms "
             f"(load {fresh['load_avg']})  repairs {len(row['repairs'])}  test acc {tr.test_acc:.4f}")
         done[name] = row
@@ -336,6 +337,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budgets8", type=int, default=5)
     ap.add_argument("--budgets32", type=int, default=3)
     ap.add_argument("--weight", type=float, default=1.0, help="latency weight of the budgeted searches")
+    ap.add_argument("--under", type=float, default=SearchConfig().latency_under_weight,
+                    help="latency_under_weight of the budgeted searches (the config default)")
     ap.add_argument("--search-epochs", type=int, default=6)
     ap.add_argument("--train-epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=2)
@@ -355,7 +358,8 @@ def main(argv=None) -> int:
     report = {"fingerprint": machine_fingerprint(1, "all"), "shapes": old.get("shapes", {}),
               **{k: old[k] for k in ("refusal", "kit") if k in old and k not in args.redo}}
     report["settings"] = (f"quick preset search, {args.search_epochs} epochs, seed {args.seed}, latency weight "
-                          f"{args.weight:g}, default margin/under weight; train at C={args.C}, {args.layers} cells, "
+                          f"{args.weight:g}, under weight {args.under:g}, default margin; train at C={args.C}, "
+                          f"{args.layers} cells, "
                           f"{args.train_epochs} epochs; fresh-process p50: kit.FreshProcessTimer (numpy + "
                           f"onnxruntime only), {FRESH_HOW}")
     sections = args.sections.split(",")

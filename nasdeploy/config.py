@@ -73,7 +73,7 @@ class SearchConfig:
     # Budget shape (latency/model.py penalty): full slope above (1 - margin) * target, `under` of it below
     # (MnasNet's soft constraint spends the budget; 0: MnasNet's hard constraint; under 1, margin 0: TuNAS).
     latency_margin: float = 0.05
-    latency_under_weight: float = 0.25
+    latency_under_weight: float = 1.0
     # Latency model (latency/table.py): how the *deployed* network (the [train] C/layers/stem) is served.
     latency_batch: int = 1  # batch size the latency target refers to
     latency_threads: int = 1  # ORT intra-op threads the target refers to (part of the table's fingerprint)
@@ -281,7 +281,7 @@ def validate(obj) -> None:
              "give a latency target in milliseconds > 0")
         need(obj.latency_weight >= 0, "latency_weight", "must be >= 0", "give a non-negative weight")
         need(0 <= obj.latency_margin < 1, "latency_margin", "must be in [0, 1)", "e.g. 0.05")
-        need(obj.latency_under_weight >= 0, "latency_under_weight", "must be >= 0", "e.g. 0.25; 0: pure hinge")
+        need(obj.latency_under_weight >= 0, "latency_under_weight", "must be >= 0", "e.g. 1.0; 0: pure hinge")
         need(obj.latency_batch > 0, "latency_batch", "must be positive", "give latency_batch >= 1")
         need(obj.latency_threads > 0, "latency_threads", "must be positive", "give latency_threads >= 1")
         need(obj.latency_opt_level in ("all", "extended", "basic", "disable"), "latency_opt_level", "unknown level",

@@ -376,10 +376,11 @@ def test_expected_latency_is_differentiable():
     torch.testing.assert_close(an.grad, soft_grad)
 
 
-def test_penalty_is_steep_over_the_budget_and_gentle_under_it():
-    # r = pred / target; aim 0.95: over it the full slope, under it `under` (0.25) of it.
+def test_penalty_pulls_towards_the_aim_under_the_budget_from_both_sides():
+    # r = pred / target; aim 0.95: over it the full slope, under it `under` (default 1) of it.
     assert float(penalty(torch.tensor(3.0), 2.0, 0.5)) == pytest.approx(0.5 * (1.5 - 0.95))
-    assert float(penalty(torch.tensor(1.0), 2.0, 0.5)) == pytest.approx(0.5 * 0.25 * (0.95 - 0.5))
+    assert float(penalty(torch.tensor(1.0), 2.0, 0.5)) == pytest.approx(0.5 * (0.95 - 0.5))
+    assert float(penalty(torch.tensor(1.0), 2.0, 0.5, under=0.25)) == pytest.approx(0.5 * 0.25 * (0.95 - 0.5))
     assert float(penalty(torch.tensor(1.9), 2.0, 0.5)) == 0.0
     # under 0: the pure hinge (MnasNet's hard constraint); under 1, aim 1: TuNAS's absolute reward.
     assert float(penalty(torch.tensor(1.0), 2.0, 0.5, under=0.0)) == 0.0

@@ -46,7 +46,9 @@ from .table import DeploySpec, LatencyTable, Timer, deploy_network, ort_timer, p
 MAX_ROUNDS = 6  # measure → repair rounds before giving up
 AIM = 0.98  # a repair aims this far under the limit so that one more measurement lands inside
 FRESH_RUNS = 3  # fresh-process timings per round; the verdict figure is the median of their p50s
-NOISE_FLOOR = 0.02  # the least noise margin: the verdict figure must be at most (1 - margin)·T
+# The least noise margin: the verdict figure must be at most (1 - margin)·T. Issue 12 measured the same export's
+# fresh-process figure 2.8% and 5% higher minutes after the verdict (2 shared cores), so 2% was not enough.
+NOISE_FLOOR = 0.05
 MAX_MARGIN = 0.10  # the most: a wider spread is measured again (pooled), not repaired away
 MAX_CAL_ERR_PCT = 10.0  # calibration fits worse than this (median abs % over its networks) are not trusted
 SCALE_RANGE = (0.5, 2.0)  # a calibrated scale outside this says the table and whole networks disagree

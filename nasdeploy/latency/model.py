@@ -140,7 +140,7 @@ def straight_through(alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, c
     return soft + (derived_latency(alphas_normal, alphas_reduce, costs) - soft.detach())
 
 
-def penalty(pred: torch.Tensor, target: float, weight: float, under: float = 0.25,
+def penalty(pred: torch.Tensor, target: float, weight: float, under: float = 1.0,
             aim: float = 0.95) -> torch.Tensor:
     """The budget loss: ``weight * (relu(r - aim) + under * relu(aim - r))`` with ``r = pred / target``.
 
@@ -192,7 +192,7 @@ def check_target(target: float, costs: LatencyCosts) -> tuple[float, float]:
 
 
 def search_penalty(costs: LatencyCosts, target: float, weight: float, tau: float = 1.0, derive=None,
-                   under: float = 0.25, aim: float = 0.95, check: bool = True):
+                   under: float = 1.0, aim: float = 0.95, check: bool = True):
     """``penalty(model)`` for ``search(..., penalty=...)``: the straight-through latency against the target.
 
     ``derive(model) -> Genotype`` is the derivation that will be deployed (e.g. with the P-DARTS skip
