@@ -90,6 +90,16 @@ def prediction(table: LatencyTable, spec: DeploySpec, n: int, seed: int, timer, 
                 f"predicted {rows[-1]['predicted_ms']:.4f}  raw {rows[-1]['raw_sum_ms']:.4f}")
         if on_row is not None:
             on_row(rows)
+    return scored(table, spec, rows)
+
+
+def scored(table: LatencyTable, spec: DeploySpec, rows: list[dict]) -> dict:
+    """The rows' predictions by today's table (its calibration refitted by today's rule), against their timings."""
+    from nasdeploy.space.genotype import Genotype
+
+    for row in rows:
+        g = Genotype.from_dict(row["genotype"])
+        row["predicted_ms"], row["raw_sum_ms"] = table.predict_ms(g, spec), table.raw_ms(g, spec)
     meas = [r["measured_ms"] for r in rows]
     return {"networks": rows, "calibrated": summarize([r["predicted_ms"] for r in rows], meas),
             "raw_sum": summarize([r["raw_sum_ms"] for r in rows], meas),
@@ -407,6 +417,10 @@ def main(argv=None) -> int:
                  range_measured_ms=[lo, hi], range_predicted_ms=list(achievable_range(costs)),
                  calibration={k: v for k, v in table.calibration.get(spec.key(), {}).items() if k != "networks"})
         save()
+        done_rows = r.get("prediction", {}).get("networks", [])
+        if done_rows and len(done_rows) >= args.networks:  # timed earlier: scored by today's table and rule
+            r["prediction"] = scored(table, spec, done_rows)
+            save()
         if "prediction" in sections and len(r.get("prediction", {}).get("networks", [])) < args.networks:
             log(f"{shape}: prediction on {args.networks} random genotypes ...")
             def partial(rows, r=r):

@@ -289,6 +289,23 @@ def test_ridge_corrections_fix_what_the_marginal_entries_miss_out_of_sample(tmp_
     assert sorted(errs_ridge)[10] < 0.5 * sorted(errs_linear)[10]
 
 
+def test_corrections_that_only_fit_noise_are_dropped_by_the_one_standard_error_rule():
+    import numpy as np
+
+    from nasdeploy.latency.table import CALIBRATION_RULE, calibration_genotypes, fit_calibration
+
+    rng = np.random.default_rng(0)
+    gs = calibration_genotypes(TINY, 24)
+    raw = rng.uniform(1.0, 2.0, len(gs))
+    # whole networks = a linear function of the table sum, plus 3% noise that no edge count explains
+    nets = [{"genotype": g.to_dict(), "raw_ms": float(r), "p50_ms": float((0.1 + 0.9 * r) * (1 + 0.03 * e))}
+            for g, r, e in zip(gs, raw, rng.standard_normal(len(gs)))]
+    cal = fit_calibration(nets, TINY)
+    assert cal["rule"] == CALIBRATION_RULE and cal["ridge_lambda"] is None and cal["corrections_ms"] == {}
+    assert cal["loo_median_abs_pct"] == cal["loo_median_abs_pct_linear"]
+    assert cal["scale"] == pytest.approx(0.9, rel=0.1)
+
+
 def test_a_calibration_fitted_by_older_code_is_fitted_again_on_open(tmp_path):
     import json
 
@@ -297,7 +314,7 @@ def test_a_calibration_fitted_by_older_code_is_fitted_again_on_open(tmp_path):
     good = table.calibration[TINY.key()]
     d = json.loads(path.read_text())
     cal = d["calibration"][TINY.key()]
-    for k in ("loo_median_abs_pct", "loo_median_abs_pct_linear", "corrections_ms", "ridge_lambda"):
+    for k in ("loo_median_abs_pct", "loo_median_abs_pct_linear", "corrections_ms", "ridge_lambda", "rule"):
         cal.pop(k)
     cal["scale"], cal["offset_ms"] = 5.0, -1.0  # fitted on the sums of the position-priced edges
     for n in cal["networks"]:
