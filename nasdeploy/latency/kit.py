@@ -102,6 +102,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     pieces, il = manifest["pieces"], t.get("interleave", INTERLEAVE)
+    timings = [{k2: v for k2, v in piece.items() if k2 != "file"} for piece in pieces]
 
     def timed(idx, key):  # the pieces idx, a group at a time, interleaved (measure_many)
         for g0 in range(0, len(idx), il["group"]):
@@ -118,7 +119,6 @@ def main(argv=None) -> int:
                 print(f"[{k + 1}/{len(pieces)}{'' if key == 'stats' else ', again'}] {pieces[k]['name']}: steady "
                       f"p50 {steady_ms(stats):.4f} ms (p50 {stats.p50_ms:.4f})", file=sys.stderr)
 
-    timings = [{k2: v for k2, v in piece.items() if k2 != "file"} for piece in pieces]
     timed(list(range(len(pieces))), "stats")
     # The skeletons and the entries once more: a per-op cost below 0 in both passes is a fact of this runtime
     # (an op faster than the placeholder it replaces), not noise, as a local table confirms by re-measuring.

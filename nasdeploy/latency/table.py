@@ -486,6 +486,7 @@ class LatencyTable:
         bar = tqdm(total=len(jobs), disable=not progress or not jobs, desc="latency table", unit="net",
                    dynamic_ncols=True, leave=False)
         many = getattr(timer, "many", None)
+        anchored = getattr(timer, "many_anchored", None)
         group = INTERLEAVE["group"] if many is not None else 1
         calibrated = False
         try:
@@ -493,7 +494,6 @@ class LatencyTable:
                 chunk = jobs[g0:g0 + group]
                 bar.set_postfix_str(", ".join(name for name, _, _ in chunk)[:60])
                 nets = [net for _, net, _ in chunk]
-                anchored = getattr(timer, "many_anchored", None)
                 fx = self.fixed.get(spec.key())
                 if anchored is not None and fx is not None:  # the skeleton is known: check the group against it
                     stats, ratios = anchored(nets, spec, skeleton_network(spec, _skeleton_inputs(spec.steps))[0],
