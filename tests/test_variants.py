@@ -116,6 +116,7 @@ def test_int8_is_static_qdq_with_per_channel_int8_weights(trained, digits, tmp_p
     for w in conv_weights:
         q, scale = deq[w].input[0], deq[w].input[1]
         assert inits[q].data_type == onnx.TensorProto.INT8
+        assert np.abs(onnx.numpy_helper.to_array(inits[q]).astype(int)).max() <= 64  # 7-bit range by default
         n_out = inits[q].dims[0]
         if n_out > 1:
             assert tuple(inits[scale].dims) == (n_out,)
@@ -128,6 +129,14 @@ def test_int8_is_static_qdq_with_per_channel_int8_weights(trained, digits, tmp_p
     scale = float(onnx.numpy_helper.to_array(inits[first_q.input[1]]))
     span = float(calib.max() - min(calib.min(), 0.0))
     assert scale == pytest.approx(span / 255, rel=1e-3)
+
+
+def test_int8_full_range_weights_when_asked(trained, digits, tmp_path):
+    _, src = trained
+    out = quantize_int8(src, tmp_path / FILES["int8"], digits.x_train[:64].numpy(), reduce_range=False)
+    model = onnx.load(str(out))
+    q = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert max(np.abs(w.astype(int)).max() for w in q) == 127  # symmetric per-channel: each channel's max is 127
 
 
 def test_fp16_has_half_weights_and_float_io(trained, digits, tmp_path):

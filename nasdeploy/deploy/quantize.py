@@ -100,13 +100,19 @@ class ImageReader(CalibrationDataReader):
 
 
 def quantize_int8(
-    onnx_path: str | Path, out_path: str | Path, calibration: np.ndarray, per_channel: bool = True
+    onnx_path: str | Path,
+    out_path: str | Path,
+    calibration: np.ndarray,
+    per_channel: bool = True,
+    reduce_range: bool = True,
 ) -> Path:
     """Static INT8 quantization, QDQ format, calibrated on ``calibration`` images (N, C, H, W float32).
 
     The model is first pre-processed (shape inference and BASIC optimization,
     which folds BatchNorm into the convolutions so the folded weights are the
     ones quantized), as ONNX Runtime's quantization guide prescribes.
+    ``reduce_range`` keeps weights in 7 bits so that AVX2 CPUs without VNNI do not
+    saturate their 16-bit pair sums (docs/deploy.md).
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -128,6 +134,7 @@ def quantize_int8(
                 calibration_data_reader=ImageReader(calibration.astype(np.float32), name),
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
+                reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibration_providers=["CPUExecutionProvider"],
@@ -248,7 +255,9 @@ def build_variants(
                     "INT8 calibration needs the model's training images, and its dataset is not here",
                     "pass data=load_dataset(...) of the dataset the model was trained on",
                 )
-            quantize_int8(src, dest, _calibration_images(data, cfg.calibration_samples), cfg.per_channel)
+            quantize_int8(
+                src, dest, _calibration_images(data, cfg.calibration_samples), cfg.per_channel, cfg.reduce_range
+            )
         elif v == "fp16":
             convert_fp16(src, dest)
         paths[v] = dest
@@ -261,7 +270,8 @@ def build_variants(
             "method": "minmax",
             "format": "QDQ",
             "activations": "uint8",
-            "weights": "int8 per-channel" if cfg.per_channel else "int8 per-tensor",
+            "weights": ("int8 per-channel" if cfg.per_channel else "int8 per-tensor")
+            + (", 7-bit range" if cfg.reduce_range else ""),
         }
     for v in report:
         report[v]["readable_by_other_runtimes"] = not non_standard_ops(load_onnx(paths[v], ExportError))
