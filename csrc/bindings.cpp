@@ -129,6 +129,17 @@ void sep_backward(Ptr gy, Ptr x, Ptr wdw, Ptr wpw, const std::vector<int>& sizes
                                    cp<float>(var), mp<float>(gx), mp<float>(gwdw), mp<float>(gwpw), ctx);
 }
 
+#ifndef NASDEPLOY_CUDA
+// sizes = (N, C, H, W, Ho, Wo, K, stride, pad, dil); x and g channels-last (CPU backend only)
+void dw_grad_weight(Ptr x, Ptr g, const std::vector<int>& s, Ptr gw, bool dbl, Ptr ctx) {
+  const nasdeploy::DwArgs a{s.at(0), s.at(1), s.at(2), s.at(3), s.at(4), s.at(5), s.at(6), s.at(7), s.at(8), s.at(9)};
+  if (dbl)
+    nasdeploy::dw_grad_weight<double>(a, cp<double>(x), cp<double>(g), mp<double>(gw), ctx);
+  else
+    nasdeploy::dw_grad_weight<float>(a, cp<float>(x), cp<float>(g), mp<float>(gw), ctx);
+}
+#endif
+
 }  // namespace
 
 #ifdef NASDEPLOY_CUDA
@@ -154,4 +165,7 @@ PYBIND11_MODULE(_mixedop, m) {
   m.def("mixed_grad_apply", &mixed_grad_apply, nogil);
   m.def("sep_forward", &sep_forward, nogil);
   m.def("sep_backward", &sep_backward, nogil);
+#ifndef NASDEPLOY_CUDA
+  m.def("dw_grad_weight", &dw_grad_weight, nogil);
+#endif
 }

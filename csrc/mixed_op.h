@@ -16,6 +16,11 @@ struct MixedArgs {
   const void* const* ext;     // per candidate: input tensor for kExt/kExtBN, else null
 };
 
+// A depthwise KxK conv on channels-last (NHWC) tensors: x (N, H, W, C), its output (N, Ho, Wo, C).
+struct DwArgs {
+  int N, C, H, W, Ho, Wo, K, stride, pad, dil;
+};
+
 struct SepArgs {
   int N, C, H, W, Co, K, stride, pad, dil, prologue;
   double eps;
@@ -54,6 +59,13 @@ void sep_forward(const SepArgs& a, const T* x, const T* wdw, const T* wpw, T* y,
 template <class T>
 void sep_backward(const SepArgs& a, const T* gy, const T* x, const T* wdw, const T* wpw, const T* mean,
                   const T* var, T* gx, T* gwdw, T* gwpw, std::uintptr_t ctx);
+
+// CPU backend only. gw (C, K, K) = d loss / d weight of the depthwise conv, from x and the output
+// gradient g, both NHWC: gw[c, kh, kw] = sum over (n, oh, ow) of g[n, oh, ow, c] * x[n, ih, iw, c]
+// with ih = oh*stride - pad + kh*dil (likewise iw), out-of-range taps being zero padding.
+// oneDNN's own depthwise backward-weights is many times slower for 5x5 and dilated kernels (docs/kernel.md).
+template <class T>
+void dw_grad_weight(const DwArgs& a, const T* x, const T* g, T* gw, std::uintptr_t ctx);
 
 // The explicit instantiations each backend file ends with (inside namespace nasdeploy).
 #define ND_INSTANTIATE(T)                                                                                         \

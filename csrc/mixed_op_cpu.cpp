@@ -65,25 +65,41 @@ inline void axpy(T a, const T* __restrict x, T* __restrict y, int n) {
   for (int i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-// sum(a) and sum(a * b) in double (b may be null: then sum(a * a)).
-template <class T>
-void sums_d(const T* a, const T* b, int n, double* sa, double* sab) {
-  double p1[4] = {}, p2[4] = {};
-  int i = 0;
-  for (; i + 4 <= n; i += 4)
-    for (int j = 0; j < 4; ++j) {
-      const double u = a[i + j], v = b ? double(b[i + j]) : u;
-      p1[j] += u;
-      p2[j] += u * v;
-    }
+// sum(a) and sum(a * b) (b null: sum(a * a)), returned in double: blocks of 64 summed in T
+// with 8 partial sums (vectorizes; T = float error ~1e-7 relative per block), the block sums
+// and the tail in double. Converting every element to double instead cost ~4x.
+template <class T, bool kSquare>
+void sums_blocks(const T* a, const T* b, int n, double* sa, double* sab) {
   double u1 = 0, u2 = 0;
+  int i = 0;
+  for (; i + 64 <= n; i += 64) {
+    T p1[8] = {}, p2[8] = {};
+    for (int k = i; k < i + 64; k += 8)
+      for (int j = 0; j < 8; ++j) {
+        const T u = a[k + j], v = kSquare ? u : b[k + j];
+        p1[j] += u;
+        p2[j] += u * v;
+      }
+    T q1 = T(0), q2 = T(0);
+    for (int j = 0; j < 8; ++j) q1 += p1[j], q2 += p2[j];
+    u1 += double(q1);
+    u2 += double(q2);
+  }
   for (; i < n; ++i) {
-    const double u = a[i], v = b ? double(b[i]) : u;
+    const double u = a[i], v = kSquare ? u : double(b[i]);
     u1 += u;
     u2 += u * v;
   }
-  *sa = u1 + p1[0] + p1[1] + p1[2] + p1[3];
-  *sab = u2 + p2[0] + p2[1] + p2[2] + p2[3];
+  *sa = u1;
+  *sab = u2;
+}
+
+template <class T>
+void sums_d(const T* a, const T* b, int n, double* sa, double* sab) {
+  if (b)
+    sums_blocks<T, false>(a, b, n, sa, sab);
+  else
+    sums_blocks<T, true>(a, nullptr, n, sa, sab);
 }
 
 bool has_bn(int code) { return code == kMaxPool || code == kAvgPool || code == kExtBN; }
@@ -109,6 +125,14 @@ void batch_moments(const double* sums, int p, int c, int C, T* mean, T* var) {
 template <class T>
 inline bool beats(T v, T best) {
   return v > best || v != v;
+}
+
+// The value of that rule without a branch: both comparisons evaluated (bitwise |), so
+// GCC if-converts the select and vectorizes the loop (the short-circuit || was compiled to
+// a branch per element, mispredicted on real data: ~4x slower pools).
+template <class T>
+inline T keep_max(T v, T best) {
+  return ((v > best) | (v != v)) ? v : best;
 }
 
 // Row pass of the separable 3x3 pools (pad 1, stride s): per row h and output column
@@ -138,27 +162,28 @@ void pool_rows(const T* xp, int H, int W, int Wo, int s, T* tmax, int* targ, T* 
     if (a) {
       for (int ow = lo; ow < hi; ++ow) {
         const int c = ow * s;
+        // Selects, not branches (see keep_max): the argmax of random data mispredicts half the time.
         T best = r[c - 1];
         int arg = c - 1;
-        if (beats(r[c], best)) best = r[c], arg = c;
-        if (beats(r[c + 1], best)) best = r[c + 1], arg = c + 1;
+        const bool b1 = (r[c] > best) | (r[c] != r[c]);
+        best = b1 ? r[c] : best;
+        arg = b1 ? c : arg;
+        const bool b2 = (r[c + 1] > best) | (r[c + 1] != r[c + 1]);
+        best = b2 ? r[c + 1] : best;
+        arg = b2 ? c + 1 : arg;
         m[ow] = best;
         a[ow] = h * W + arg;
       }
     } else if (s == 1) {
       for (int ow = lo; ow < hi; ++ow) {
-        T best = r[ow - 1];
-        best = beats(r[ow], best) ? r[ow] : best;
-        best = beats(r[ow + 1], best) ? r[ow + 1] : best;
+        const T best = keep_max(r[ow + 1], keep_max(r[ow], r[ow - 1]));
         m[ow] = best;
         t[ow] = r[ow - 1] + r[ow] + r[ow + 1];
       }
     } else {
       for (int ow = lo; ow < hi; ++ow) {
         const int c = ow * s;
-        T best = r[c - 1];
-        best = beats(r[c], best) ? r[c] : best;
-        best = beats(r[c + 1], best) ? r[c + 1] : best;
+        const T best = keep_max(r[c + 1], keep_max(r[c], r[c - 1]));
         m[ow] = best;
         t[ow] = r[c - 1] + r[c] + r[c + 1];
       }
@@ -169,10 +194,11 @@ void pool_rows(const T* xp, int H, int W, int Wo, int s, T* tmax, int* targ, T* 
 
 // The pooled planes of one (n, c) plane into per-thread buffers: the row pass, then
 // the same window over rows. Equal to max_pool3/avg_pool3 (sums in another order).
-// With marg != null, the flat argmax of every output instead of the avg plane.
+// With marg != null, the flat argmax of every output instead of the avg plane; with
+// cnt == null the avg plane holds window sums (not divided).
 template <class T>
 void pool_planes(const T* xp, int H, int W, int Ho, int Wo, int s, bool want_max, bool want_avg, T* mp, T* ap,
-                 T* tmax, T* tsum, int* targ = nullptr, int* marg = nullptr, bool divide = true) {
+                 T* tmax, T* tsum, const T* cnt, int* targ = nullptr, int* marg = nullptr) {
   pool_rows(xp, H, W, Wo, s, tmax, targ, tsum);
   for (int oh = 0; oh < Ho; ++oh) {
     const int h0 = std::max(oh * s - 1, 0), h1 = std::min(oh * s + 2, H);
@@ -183,15 +209,19 @@ void pool_planes(const T* xp, int H, int W, int Ho, int Wo, int s, bool want_max
       std::copy(tmax + size_t(h0) * Wo, tmax + size_t(h0 + 1) * Wo, mo);
       std::copy(targ + size_t(h0) * Wo, targ + size_t(h0 + 1) * Wo, ma);
       for (int h = h0 + 1; h < h1; ++h)
-        for (int ow = 0; ow < Wo; ++ow)
-          if (beats(tmax[size_t(h) * Wo + ow], mo[ow])) mo[ow] = tmax[size_t(h) * Wo + ow], ma[ow] = targ[size_t(h) * Wo + ow];
+        for (int ow = 0; ow < Wo; ++ow) {
+          const T v = tmax[size_t(h) * Wo + ow];
+          const bool b = (v > mo[ow]) | (v != v);
+          mo[ow] = b ? v : mo[ow];
+          ma[ow] = b ? targ[size_t(h) * Wo + ow] : ma[ow];
+        }
       continue;
     }
     if (want_max) {
       std::copy(tmax + size_t(h0) * Wo, tmax + size_t(h0 + 1) * Wo, mo);
       for (int h = h0 + 1; h < h1; ++h) {
         const T* rm = tmax + size_t(h) * Wo;
-        for (int ow = 0; ow < Wo; ++ow) mo[ow] = beats(rm[ow], mo[ow]) ? rm[ow] : mo[ow];
+        for (int ow = 0; ow < Wo; ++ow) mo[ow] = keep_max(rm[ow], mo[ow]);
       }
     }
     if (want_avg) {
@@ -200,8 +230,10 @@ void pool_planes(const T* xp, int H, int W, int Ho, int Wo, int s, bool want_max
         const T* rs = tsum + size_t(h) * Wo;
         for (int ow = 0; ow < Wo; ++ow) ao[ow] += rs[ow];
       }
-      if (divide)
-        for (int ow = 0; ow < Wo; ++ow) ao[ow] /= T(pool3_count(H, W, oh, ow, s));
+      if (cnt) {  // the window sizes (pool3_count) as a plane: a division that vectorizes
+        const T* co = cnt + size_t(oh) * Wo;
+        for (int ow = 0; ow < Wo; ++ow) ao[ow] /= co[ow];
+      }
     }
   }
 }
@@ -217,16 +249,21 @@ const T* branch_plane(const MixedArgs& a, int p, int nc, int HWo, const T* xp, c
   }
 }
 
-// Per-thread scratch planes of the pools.
+// Per-thread scratch planes of the pools, and the window sizes of the avg pool.
 template <class T>
 struct PoolScratch {
-  std::vector<T> mp, ap, tmax, tsum;
+  std::vector<T> mp, ap, tmax, tsum, cnt;
   std::vector<int> targ, marg;
-  PoolScratch(int H, int Wo, int HWo)
-      : mp(HWo), ap(HWo), tmax(size_t(H) * Wo), tsum(size_t(H) * Wo), targ(size_t(H) * Wo), marg(HWo) {}
+  PoolScratch(int H, int W, int Ho, int Wo, int s)
+      : mp(size_t(Ho) * Wo), ap(size_t(Ho) * Wo), tmax(size_t(H) * Wo), tsum(size_t(H) * Wo),
+        cnt(size_t(Ho) * Wo), targ(size_t(H) * Wo), marg(size_t(Ho) * Wo) {
+    for (int oh = 0; oh < Ho; ++oh)
+      for (int ow = 0; ow < Wo; ++ow) cnt[size_t(oh) * Wo + ow] = T(pool3_count(H, W, oh, ow, s));
+  }
   void run(const T* xp, int H, int W, int Ho, int Wo, int s, bool want_max, bool want_avg) {
     if (want_max || want_avg)
-      pool_planes(xp, H, W, Ho, Wo, s, want_max, want_avg, mp.data(), ap.data(), tmax.data(), tsum.data());
+      pool_planes(xp, H, W, Ho, Wo, s, want_max, want_avg, mp.data(), ap.data(), tmax.data(), tsum.data(),
+                  cnt.data());
   }
 };
 
@@ -246,7 +283,7 @@ void mixed_stats(const MixedArgs& a, const T* x, double* sums, std::uintptr_t ct
   std::vector<double> s1(size_t(P) * N * C, 0.0), s2(size_t(P) * N * C, 0.0);
 #pragma omp parallel num_threads(threads)
   {
-    PoolScratch<T> ps(a.H, Wo, HWo);
+    PoolScratch<T> ps(a.H, a.W, Ho, Wo, a.stride);
 #pragma omp for schedule(static)
     for (int nc = 0; nc < N * C; ++nc) {
       const T* xp = x + size_t(nc) * a.H * a.W;
@@ -291,7 +328,7 @@ void mixed_apply(const MixedArgs& a, const T* x, const T* w, const double* sums,
   // Recompute the pools and write the weighted sum once.
 #pragma omp parallel num_threads(threads)
   {
-    PoolScratch<T> ps(a.H, Wo, HWo);
+    PoolScratch<T> ps(a.H, a.W, Ho, Wo, a.stride);
 #pragma omp for schedule(static)
     for (int nc = 0; nc < N * C; ++nc) {
       const int c = nc % C;
@@ -319,7 +356,7 @@ void mixed_grad_stats(const MixedArgs& a, const T* g, const T* x, const T* mean,
   std::vector<double> sg(size_t(N) * C, 0.0), sgy(size_t(P) * N * C, 0.0);
 #pragma omp parallel num_threads(threads)
   {
-    PoolScratch<T> ps(H, Wo, HWo);
+    PoolScratch<T> ps(H, W, Ho, Wo, s);
 #pragma omp for schedule(static)
     for (int nc = 0; nc < N * C; ++nc) {
       const T* xp = x + size_t(nc) * H * W;
@@ -373,7 +410,7 @@ void mixed_grad_apply(const MixedArgs& a, const T* g, const T* x, const T* w, co
   // Each branch's input gradient; pools scatter into their x plane.
 #pragma omp parallel num_threads(threads)
   {
-    PoolScratch<T> ps(H, Wo, HWo);
+    PoolScratch<T> ps(H, W, Ho, Wo, s);
     std::vector<T> d(HWo), box(HWo);
 #pragma omp for schedule(static)
     for (int nc = 0; nc < N * C; ++nc) {
@@ -410,19 +447,18 @@ void mixed_grad_apply(const MixedArgs& a, const T* g, const T* x, const T* w, co
         if (code == kMaxPool) {
           // The exact torch argmax of each window, recomputed, then a serial scatter.
           pool_planes<T>(xp, H, W, Ho, Wo, s, true, false, box.data(), nullptr, ps.tmax.data(), ps.tsum.data(),
-                      ps.targ.data(), ps.marg.data());
+                         nullptr, ps.targ.data(), ps.marg.data());
           for (int i = 0; i < HWo; ++i) gxp[ps.marg[i]] += d[i];
         } else if (s == 1) {
           // Stride 1: the transpose of the window sum is the same clipped 3x3 box sum.
-          for (int oh = 0; oh < Ho; ++oh)
-            for (int ow = 0; ow < Wo; ++ow) d[oh * Wo + ow] /= T(pool3_count(H, W, oh, ow, s));
+          for (int i = 0; i < HWo; ++i) d[i] /= ps.cnt[i];
           pool_planes<T>(d.data(), H, W, Ho, Wo, 1, false, true, nullptr, box.data(), ps.tmax.data(), ps.tsum.data(),
-                      nullptr, nullptr, false);
+                         nullptr);
           for (int i = 0; i < HWo; ++i) gxp[i] += box[i];
         } else {
           for (int oh = 0; oh < Ho; ++oh)
             for (int ow = 0; ow < Wo; ++ow) {
-              const T dd = d[oh * Wo + ow] / T(pool3_count(H, W, oh, ow, s));
+              const T dd = d[oh * Wo + ow] / ps.cnt[size_t(oh) * Wo + ow];
               const int h0 = oh * s - 1, w0 = ow * s - 1;
               for (int ih = std::max(h0, 0); ih < std::min(h0 + 3, H); ++ih)
                 for (int iw = std::max(w0, 0); iw < std::min(w0 + 3, W); ++iw) gxp[ih * W + iw] += dd;
@@ -639,6 +675,79 @@ void sep_backward(const SepArgs& a, const T* gy, const T* x, const T* wdw, const
     for (int i = 0; i < H * W; ++i) gxp[i] = bn_backward(gxp[i], (xp[i] - mu[c]) * is[c], mz[c], mzx[c], is[c]);
   }
 }
+
+namespace {
+
+// Taps of one output row against one input row, channels innermost: acc[c] += g[ow, c] * x[iw(ow), c]
+// over the ow whose input column is inside the image. Blocks of 8 channels keep their sums in
+// registers across the row (the channel count is a runtime value, the block size is not).
+template <class T>
+void dw_row_taps(const T* __restrict grow, const T* __restrict xrow, int C, int W, int Wo, int s, int off,
+                 T* __restrict acc) {
+  // iw = ow * s + off must lie in [0, W): ow in [lo, hi)
+  const int lo = off >= 0 ? 0 : (-off + s - 1) / s;
+  const int hi = std::min(Wo, W - 1 - off < 0 ? 0 : (W - 1 - off) / s + 1);
+  if (lo >= hi) return;
+  int c0 = 0;
+  for (; c0 + 8 <= C; c0 += 8) {
+    T r[8];
+    for (int c = 0; c < 8; ++c) r[c] = acc[c0 + c];
+    for (int ow = lo; ow < hi; ++ow) {
+      const T* gp = grow + size_t(ow) * C + c0;
+      const T* xp = xrow + (size_t(ow) * s + off) * C + c0;
+      for (int c = 0; c < 8; ++c) r[c] += gp[c] * xp[c];
+    }
+    for (int c = 0; c < 8; ++c) acc[c0 + c] = r[c];
+  }
+  for (int ow = lo; ow < hi; ++ow) {
+    const T* gp = grow + size_t(ow) * C;
+    const T* xp = xrow + (size_t(ow) * s + off) * C;
+    for (int c = c0; c < C; ++c) acc[c] += gp[c] * xp[c];
+  }
+}
+
+}  // namespace
+
+template <class T>
+void dw_grad_weight(const DwArgs& a, const T* x, const T* g, T* gw, std::uintptr_t ctx) {
+  const int threads = int(ctx), C = a.C, K = a.K, KK = a.K * a.K;
+#ifdef _OPENMP
+  const int slots = std::max(threads, 1);
+#else
+  const int slots = 1;
+#endif
+  // Sums in T within one image, in double across images (one accumulator per thread, added in thread order).
+  std::vector<double> acc(size_t(slots) * KK * C, 0.0);
+#pragma omp parallel num_threads(threads)
+  {
+    double* mine = acc.data() + size_t(omp_get_thread_num()) * KK * C;
+    std::vector<T> img(size_t(KK) * C);
+#pragma omp for schedule(static)
+    for (int n = 0; n < a.N; ++n) {
+      std::fill(img.begin(), img.end(), T(0));
+      for (int oh = 0; oh < a.Ho; ++oh) {
+        const T* grow = g + (size_t(n) * a.Ho + oh) * a.Wo * C;
+        for (int kh = 0; kh < K; ++kh) {
+          const int ih = oh * a.stride - a.pad + kh * a.dil;
+          if (ih < 0 || ih >= a.H) continue;
+          const T* xrow = x + (size_t(n) * a.H + ih) * a.W * C;
+          for (int kw = 0; kw < K; ++kw)
+            dw_row_taps(grow, xrow, C, a.W, a.Wo, a.stride, kw * a.dil - a.pad, img.data() + size_t(kh * K + kw) * C);
+        }
+      }
+      for (size_t j = 0; j < img.size(); ++j) mine[j] += img[j];
+    }
+  }
+  for (int c = 0; c < C; ++c)
+    for (int k = 0; k < KK; ++k) {
+      double t = 0;
+      for (int s = 0; s < slots; ++s) t += acc[(size_t(s) * KK + k) * C + c];
+      gw[size_t(c) * KK + k] = T(t);
+    }
+}
+
+template void dw_grad_weight<float>(const DwArgs&, const float*, const float*, float*, std::uintptr_t);
+template void dw_grad_weight<double>(const DwArgs&, const double*, const double*, double*, std::uintptr_t);
 
 ND_INSTANTIATE(float)
 ND_INSTANTIATE(double)

@@ -121,6 +121,50 @@ def test_sep_conv_matches_torch_convs():
     torch.testing.assert_close(var, x.var((0, 2, 3), unbiased=False))
 
 
+# Every depthwise geometry of the DARTS space (3x3/5x5, dilation 1/2, stride 1/2) and two that
+# are not (no padding, uneven sizes): the native path's depthwise conv against finite differences.
+DW_GEOMS = [(3, 1, 1, 1), (5, 1, 1, 2), (3, 2, 1, 2), (5, 2, 1, 4), (3, 1, 2, 1), (5, 1, 2, 2), (3, 2, 2, 2),
+            (5, 2, 2, 4), (3, 1, 1, 0), (3, 1, 2, 0)]  # (K, dilation, stride, padding)
+
+
+@pytest.mark.parametrize("K, dilation, stride, padding", DW_GEOMS)
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+def test_dw_conv_gradcheck_float64(K, dilation, stride, padding, layout):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(3, 1, K, K, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: ops.dw_conv(x, w, stride, padding, dilation), (x, w))
+
+
+@pytest.mark.parametrize("K, dilation, stride, padding", DW_GEOMS[:8])
+def test_dw_conv_matches_torch_conv_float32(K, dilation, stride, padding):
+    # A search-sized tensor (16 channels: the kernel's 8-channel blocks and no remainder; 20: both).
+    torch.manual_seed(0)
+    for C in (16, 20):
+        x = torch.randn(4, C, 12, 12).contiguous(memory_format=torch.channels_last).requires_grad_()
+        w = torch.randn(C, 1, K, K, requires_grad=True)
+        g = torch.randn_like(F.conv2d(x, w, None, stride, padding, dilation, C))
+        want = torch.autograd.grad(F.conv2d(x, w, None, stride, padding, dilation, C), (x, w), g)
+        got = torch.autograd.grad(ops.depthwise(x, w, stride, padding, dilation), (x, w), g)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_native_path_runs_dw_conv_on_cpu():
+    net = SearchNetwork(4, 3, 2, in_channels=1, kernel="fused", conv_path="native")
+    x = torch.randn(2, 1, 8, 8)
+    with torch.profiler.profile() as prof:
+        F.cross_entropy(net(x), torch.tensor([0, 1])).backward()
+    names = [e.name for e in prof.events()]
+    # 4 conv candidates per edge: 2 SepConvs (2 depthwise each) and 2 DilConvs (1): 6 per edge.
+    edges = sum(isinstance(m, MixedOp) for m in net.modules())
+    assert names.count("nasdeploy::dw_conv") >= 6 * edges  # + the checkpoint's recomputation
+    assert names.count("nasdeploy::dw_conv_backward") == 6 * edges
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     torch.manual_seed(0)
@@ -136,6 +180,9 @@ def test_opcheck(device):
     w_pw = torch.randn(3, 3, 1, 1, **kw, requires_grad=True)
     for prologue in (ops.RELU, ops.BN_RELU):
         torch.library.opcheck(ops.sep_conv, (x, w_dw, w_pw, 1, 2, 2, prologue, 1e-5))
+    if device == "cpu":
+        for args in ((1, 2, 2), (2, 1, 1)):
+            torch.library.opcheck(ops.dw_conv, (x, w_dw, *args))
 
 
 @pytest.mark.parametrize("conv", ["native", "kernel"])

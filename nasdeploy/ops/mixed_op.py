@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import KernelError
 from ..space.primitives import DilConv, FactorizedReduce, Identity, SepConv, Zero
-from . import load_backend
+from . import _import_backend, load_backend
 
 _LOG = logging.getLogger("nasdeploy.ops")
 
@@ -304,6 +304,90 @@ def _sep_backward(ctx, grad, _grad_mean, _grad_var):
 sep_conv.register_autograd(_sep_backward, setup_context=_sep_setup)
 
 
+# ---- nasdeploy::dw_conv (CPU, native conv path) ------------------------------
+# oneDNN's depthwise forward is fast, its backward is not: for 5x5 and dilated kernels it
+# takes 10-50x its forward on this CPU (docs/kernel.md). Forward stays oneDNN's; the input
+# gradient is a forward conv of the (stride-spread) output gradient with the flipped kernel,
+# the weight gradient the backend's ``dw_grad_weight`` (NHWC, channels innermost).
+# Looked up once here, not at the call (torch.compile traces the call, not an import).
+_CPU_DW_GRAD = hasattr(_import_backend("cpu")[0], "dw_grad_weight")
+
+
+def _dw_geometry(x: Tensor, w: Tensor, stride: int, padding: int, dilation: int) -> tuple[int, int, int]:
+    C, K = x.shape[1], w.shape[-1]
+    if x.dim() != 4 or tuple(w.shape) != (C, 1, K, K) or min(stride, dilation) < 1 or padding < 0:
+        raise KernelError(f"dw_conv got x {tuple(x.shape)}, w {tuple(w.shape)}, stride {stride}, "
+                          f"padding {padding}, dilation {dilation}", "w must be (C, 1, K, K) for x (N, C, H, W)")
+    return C, K, dilation * (K - 1) - padding  # the input gradient's padding (>= 0: checked by the caller)
+
+
+@torch.library.custom_op("nasdeploy::dw_conv", mutates_args=())
+def dw_conv(x: Tensor, w: Tensor, stride: int, padding: int, dilation: int) -> Tensor:
+    """Depthwise conv (groups = channels, no bias): oneDNN's forward, the backward below."""
+    C, _, _ = _dw_geometry(x, w, stride, padding, dilation)
+    return F.conv2d(x, w, None, stride, padding, dilation, C)
+
+
+@dw_conv.register_fake
+def _(x, w, stride, padding, dilation):
+    return F.conv2d(x, w, None, stride, padding, dilation, x.shape[1])
+
+
+@torch.library.custom_op("nasdeploy::dw_conv_backward", mutates_args=())
+def dw_conv_backward(grad: Tensor, x: Tensor, w: Tensor, stride: int, padding: int,
+                     dilation: int) -> tuple[Tensor, Tensor]:
+    """(d/dx, d/dw) of ``dw_conv``: a forward conv for x, ``dw_grad_weight`` for w."""
+    C, K, back_pad = _dw_geometry(x, w, stride, padding, dilation)
+    N, _, H, W = x.shape
+    Ho, Wo = grad.shape[-2:]
+    cl = torch.channels_last
+    if stride == 1:
+        spread = grad
+    else:  # the output gradient at its input positions (oh * stride), zeros between
+        span = 2 * padding - dilation * (K - 1)
+        spread = torch.empty(N, C, H + span, W + span, dtype=grad.dtype, device=grad.device, memory_format=cl).zero_()
+        spread[:, :, : stride * Ho : stride, : stride * Wo : stride] = grad
+    gx = F.conv2d(spread, w.flip(2, 3), None, 1, back_pad, dilation, C)
+    xc, gc = x.contiguous(memory_format=cl), grad.contiguous(memory_format=cl)
+    gw = torch.empty_like(w, memory_format=torch.contiguous_format)
+    backend, dbl, ctx = _launch(xc)
+    _call(backend.dw_grad_weight, xc.data_ptr(), gc.data_ptr(), [N, C, H, W, Ho, Wo, K, stride, padding, dilation],
+          gw.data_ptr(), dbl, ctx)
+    return gx, gw
+
+
+@dw_conv_backward.register_fake
+def _(grad, x, w, stride, padding, dilation):
+    return torch.empty_like(x), torch.empty_like(w, memory_format=torch.contiguous_format)
+
+
+def _dw_setup(ctx, inputs, output):
+    x, w, *args = inputs
+    ctx.save_for_backward(x, w)
+    ctx.args = args
+
+
+def _dw_backward(ctx, grad):
+    x, w = ctx.saved_tensors
+    gx, gw = dw_conv_backward(grad, x, w, *ctx.args)
+    return gx, gw, None, None, None
+
+
+dw_conv.register_autograd(_dw_backward, setup_context=_dw_setup)
+
+
+def depthwise(h: Tensor, w: Tensor, stride: int, padding: int, dilation: int) -> Tensor:
+    """The native path's depthwise conv: ``nasdeploy::dw_conv`` on the CPU, torch's own elsewhere.
+
+    Where the backend lacks ``dw_grad_weight`` (an older build) or the padding exceeds the
+    kernel's reach, torch's own conv runs.
+    """
+    K = w.shape[-1]
+    if h.device.type == "cpu" and padding <= dilation * (K - 1) and _CPU_DW_GRAD:
+        return dw_conv(h, w, stride, padding, dilation)
+    return F.conv2d(h, w, None, stride, padding, dilation, w.shape[0])
+
+
 # ---- MixedOp through the custom ops ----------------------------------------
 
 
@@ -386,8 +470,7 @@ def conv_path(path: str = "native") -> str:
 
 
 def _dw_pw_conv(h: Tensor, w_dw: Tensor, w_pw: Tensor, geom: tuple[int, int, int]) -> Tensor:
-    stride, padding, dilation = geom
-    return F.conv2d(F.conv2d(h, w_dw, None, stride, padding, dilation, w_dw.shape[0]), w_pw)
+    return F.conv2d(depthwise(h, w_dw, *geom), w_pw)
 
 
 def _native_conv(op: nn.Module, relu_x: Tensor, geoms: list[tuple[int, int, int]]) -> Tensor:
