@@ -343,12 +343,13 @@ def dw_conv_backward(grad: Tensor, x: Tensor, w: Tensor, stride: int, padding: i
     cl = torch.channels_last
     if stride == 1:
         spread = grad
-    else:  # the output gradient at its input positions (oh * stride), zeros between
+    else:  # the output gradient at its input positions (oh * stride), zeros between (filled below)
         span = 2 * padding - dilation * (K - 1)
         spread = torch.empty(N, C, H + span, W + span, dtype=grad.dtype, device=grad.device, memory_format=cl).zero_()
-        spread[:, :, : stride * Ho : stride, : stride * Wo : stride] = grad
-    gx = F.conv2d(spread, w.flip(2, 3), None, 1, back_pad, dilation, C)
     xc, gc = x.contiguous(memory_format=cl), grad.contiguous(memory_format=cl)
+    if stride != 1:
+        spread[:, :, : stride * Ho : stride, : stride * Wo : stride] = gc
+    gx = F.conv2d(spread, w.flip(2, 3), None, 1, back_pad, dilation, C)
     gw = torch.empty_like(w, memory_format=torch.contiguous_format)
     backend, dbl, ctx = _launch(xc)
     _call(backend.dw_grad_weight, xc.data_ptr(), gc.data_ptr(), [N, C, H, W, Ho, Wo, K, stride, padding, dilation],
@@ -479,7 +480,7 @@ def _native_conv(op: nn.Module, relu_x: Tensor, geoms: list[tuple[int, int, int]
     With gradients, the branch is recomputed in backward (torch.utils.checkpoint) instead of
     keeping its dw/pw/BN-ReLU intermediates: autograd keeps only ReLU(x) and the branch output.
     The middle BN's running statistics are updated by the first pass only (both passes normalize
-    with ``F.batch_norm`` without running buffers, so they save the same tensors). The weights are passed
+    with ``torch.native_batch_norm`` without running buffers, so they save the same tensors). The weights are passed
     in, so a recomputation under torch.func.functional_call sees the same (virtual) weights.
     """
     seq = op.op
@@ -495,13 +496,15 @@ def _native_conv(op: nn.Module, relu_x: Tensor, geoms: list[tuple[int, int, int]
         if mode != BATCH:  # running or global-batch statistics: the module itself (never recomputed)
             h = mid(h)
         else:
+            # torch.native_batch_norm is what F.batch_norm runs here, with the batch statistics it
+            # computed returned (torch.var_mean on a channels-last tensor cost 6-14x as much).
+            h, mean, invstd = torch.native_batch_norm(h, None, None, None, None, True, 0.0, mid.eps)
             if first[0]:  # the running statistics, once: the recomputation must not update them again
                 first[0] = False
                 with torch.no_grad():
-                    var, mean = torch.var_mean(h, (0, 2, 3), correction=0)
+                    var = (invstd.double().pow(-2) - mid.eps).clamp_min(0).to(h.dtype)  # biased
                     _update_running_stats(mid, mean, var, h.new_full((1,), h.numel() // h.shape[1],
                                                                      dtype=torch.float64))
-            h = F.batch_norm(h, None, None, training=True, eps=mid.eps)
         return _dw_pw_conv(F.relu(h, inplace=True), w[2], w[3], geoms[1])
 
     grad = torch.is_grad_enabled() and (relu_x.requires_grad or any(w.requires_grad for w in convs))
