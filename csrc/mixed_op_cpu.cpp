@@ -2,7 +2,9 @@
 // planes, per-thread scratch planes, no torch headers. The formulas come from
 // mixed_op_math.h; this file only owns loop order and memory.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "mixed_op.h"
@@ -127,6 +129,26 @@ inline bool beats(T v, T best) {
   return v > best || v != v;
 }
 
+// b ? x : y through the bits, so no compiler turns it back into a branch (argmax loops,
+// where a value and its index are selected together).
+template <class T>
+inline T select_bits(bool b, T x, T y) {
+  using U = typename std::conditional<sizeof(T) == 8, std::uint64_t, std::uint32_t>::type;
+  U ux, uy;
+  std::memcpy(&ux, &x, sizeof(T));
+  std::memcpy(&uy, &y, sizeof(T));
+  const U m = U(0) - U(b);
+  const U r = (ux & m) | (uy & ~m);
+  T out;
+  std::memcpy(&out, &r, sizeof(T));
+  return out;
+}
+
+inline int select_int(bool b, int x, int y) {
+  const int m = -int(b);
+  return (x & m) | (y & ~m);
+}
+
 // The value of that rule without a branch: both comparisons evaluated (bitwise |), so
 // GCC if-converts the select and vectorizes the loop (the short-circuit || was compiled to
 // a branch per element, mispredicted on real data: ~4x slower pools).
@@ -166,11 +188,11 @@ void pool_rows(const T* xp, int H, int W, int Wo, int s, T* tmax, int* targ, T* 
         T best = r[c - 1];
         int arg = c - 1;
         const bool b1 = (r[c] > best) | (r[c] != r[c]);
-        best = b1 ? r[c] : best;
-        arg = b1 ? c : arg;
+        best = select_bits(b1, r[c], best);
+        arg = select_int(b1, c, arg);
         const bool b2 = (r[c + 1] > best) | (r[c + 1] != r[c + 1]);
-        best = b2 ? r[c + 1] : best;
-        arg = b2 ? c + 1 : arg;
+        best = select_bits(b2, r[c + 1], best);
+        arg = select_int(b2, c + 1, arg);
         m[ow] = best;
         a[ow] = h * W + arg;
       }
@@ -212,8 +234,8 @@ void pool_planes(const T* xp, int H, int W, int Ho, int Wo, int s, bool want_max
         for (int ow = 0; ow < Wo; ++ow) {
           const T v = tmax[size_t(h) * Wo + ow];
           const bool b = (v > mo[ow]) | (v != v);
-          mo[ow] = b ? v : mo[ow];
-          ma[ow] = b ? targ[size_t(h) * Wo + ow] : ma[ow];
+          mo[ow] = select_bits(b, v, mo[ow]);
+          ma[ow] = select_int(b, targ[size_t(h) * Wo + ow], ma[ow]);
         }
       continue;
     }
