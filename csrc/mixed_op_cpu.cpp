@@ -433,7 +433,7 @@ void mixed_grad_apply(const MixedArgs& a, const T* g, const T* x, const T* w, co
 #pragma omp parallel num_threads(threads)
   {
     PoolScratch<T> ps(H, W, Ho, Wo, s);
-    std::vector<T> d(HWo), box(HWo);
+    std::vector<T> d(HWo), box(HWo), acc3(want_max ? 3 * size_t(H) * W : 0);
 #pragma omp for schedule(static)
     for (int nc = 0; nc < N * C; ++nc) {
       const int c = nc % C;
@@ -470,7 +470,23 @@ void mixed_grad_apply(const MixedArgs& a, const T* g, const T* x, const T* w, co
           // The exact torch argmax of each window, recomputed, then a serial scatter.
           pool_planes<T>(xp, H, W, Ho, Wo, s, true, false, box.data(), nullptr, ps.tmax.data(), ps.tsum.data(),
                          nullptr, ps.targ.data(), ps.marg.data());
-          for (int i = 0; i < HWo; ++i) gxp[ps.marg[i]] += d[i];
+          // Neighbouring windows share their maximum, so consecutive += hit one address and
+          // wait on each other's store: columns ow = 0, 1, 2 (mod 3), whose windows never
+          // overlap within a row, scatter into three planes summed afterwards (~2x faster).
+          std::fill(acc3.begin(), acc3.end(), T(0));
+          T* b[3] = {acc3.data(), acc3.data() + size_t(H) * W, acc3.data() + 2 * size_t(H) * W};
+          for (int oh = 0; oh < Ho; ++oh) {
+            const int* mrow = ps.marg.data() + size_t(oh) * Wo;
+            const T* drow = d.data() + size_t(oh) * Wo;
+            int ow = 0;
+            for (; ow + 3 <= Wo; ow += 3) {
+              b[0][mrow[ow]] += drow[ow];
+              b[1][mrow[ow + 1]] += drow[ow + 1];
+              b[2][mrow[ow + 2]] += drow[ow + 2];
+            }
+            for (; ow < Wo; ++ow) b[ow % 3][mrow[ow]] += drow[ow];
+          }
+          for (int i = 0; i < H * W; ++i) gxp[i] += b[0][i] + b[1][i] + b[2][i];
         } else if (s == 1) {
           // Stride 1: the transpose of the window sum is the same clipped 3x3 box sum.
           for (int i = 0; i < HWo; ++i) d[i] /= ps.cnt[i];
