@@ -13,6 +13,7 @@ same steps, so neither kernel's allocations colour the other's figure.
     python benchmarks/mixed_op.py --batch 32 64         # several batch sizes in one run
     python benchmarks/mixed_op.py --partial-channels 4  # PC-DARTS K=4 (fused) beside full DARTS (fused)
     python benchmarks/mixed_op.py --device cuda         # CUDA: time, peak memory, kernel launches per step
+    python benchmarks/mixed_op.py --save benchmarks/results/mixed_op.json   # also append each RESULT there
 
 A RESULT line per batch size is the summary: step time and peak memory of the fused kernel as
 fractions of the reference's (targets: time <= 0.50, memory <= 0.40), with the load average.
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--mem-steps", type=int, default=1)
     p.add_argument("--full", action="store_true", help="9 op repeats, 7 step repeats, 2 memory steps")
     p.add_argument("--quick", action="store_true", help="batch 8, 3 repeats")
+    p.add_argument("--save", metavar="JSON", help="append one record per batch size to this JSON list")
     p.add_argument("--memory-child", choices=("reference", "fused"), help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
@@ -210,9 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     batches_ = list(args.batch)
     for batch in batches_:
         args.batch = batch
+        load_before = loadavg()
         print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.device}, "
               f"{args.threads} threads, C={args.channels}, layers={args.layers}, batch={batch}, "
-              f"{args.size}x{args.size}, conv path {args.conv_path}; load average before: {loadavg()}")  # fmt: skip
+              f"{args.size}x{args.size}, conv path {args.conv_path}; load average before: {load_before}")  # fmt: skip
         if not args.skip_op and args.partial_channels == 1 and backend == "cpu":
             op = bench_one_op(args)
             print(f"one mixed op fwd+bwd (C={args.channels}, stride 1): reference {op['reference'] * 1e3:.1f} ms, "
@@ -228,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         if backend == "cuda":
             print(f"kernel launches per step: {names[0]} {step['reference_launches']}, "
                   f"{names[1]} {step['fused_launches']}")
-        child_argv = [a for a in argv if a not in ("--quick", "--full")] + ["--mem-steps", str(args.mem_steps)]
+        child_argv = [a for i, a in enumerate(argv) if a not in ("--quick", "--full", "--save")
+                      and (i == 0 or argv[i - 1] != "--save")] + ["--mem-steps", str(args.mem_steps)]
         child_argv += ["--batch", str(batch)]
         mem = {k: peak_rss(k, child_argv) for k in ("reference", "fused")}
         for k, name in zip(("reference", "fused"), names):
@@ -239,10 +243,32 @@ def main(argv: list[str] | None = None) -> None:
         growth = (mem["fused"]["peak_mib"] - mem["fused"]["baseline_mib"]) / (
             mem["reference"]["peak_mib"] - mem["reference"]["baseline_mib"]
         )
+        load_after = loadavg()
         print(f"RESULT batch {batch}: {names[1]} step time {time_ratio:.2f}x and peak memory {mem_ratio:.2f}x of "
               f"{names[0]} (median {clock} time; peak of separate processes, {growth:.2f}x counting only growth "
-              f"above setup); load average after: {loadavg()}")  # fmt: skip
+              f"above setup); load average after: {load_after}")  # fmt: skip
         sys.stdout.flush()
+        if args.save:
+            save(args.save, {
+                "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.processor() or platform.machine(),
+                "torch": torch.__version__, "device": args.device, "threads": args.threads,
+                "channels": args.channels, "layers": args.layers, "batch": batch, "size": args.size,
+                "conv_path": args.conv_path, "partial_channels": args.partial_channels, "sides": list(names),
+                "load_before": load_before, "load_after": load_after,
+                "step_s": {"reference": t_ref, "fused": t_new}, "clock": clock, "step_repeats": args.step_repeats,
+                "peak_mib": {k: mem[k]["peak_mib"] for k in mem}, "setup_mib": {k: mem[k]["baseline_mib"] for k in mem},
+                "time_ratio": time_ratio, "memory_ratio": mem_ratio, "memory_growth_ratio": growth,
+            })  # fmt: skip
+
+
+def save(path: str, record: dict) -> None:
+    """Append ``record`` to the JSON list at ``path`` (written to a temporary file, then renamed)."""
+    from pathlib import Path
+
+    from nasdeploy.artifacts import read_json, write_json
+
+    records = read_json(Path(path), "benchmark results") if Path(path).exists() else []
+    write_json(Path(path), [*records, record])
 
 
 if __name__ == "__main__":
