@@ -38,6 +38,7 @@ from nasdeploy.space.cell import candidate_ops, sample_genotype
 from nasdeploy.space.genotype import GENOTYPES, Genotype
 from nasdeploy.strategies.darts import limit_skips, parameter_free_share
 from nasdeploy.strategies.dispatch import run_strategy
+from nasdeploy.viz import save_figure
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STRATEGIES = ("darts", "random", "evolution", "rl")
@@ -204,7 +205,7 @@ def _plot(rows, path: Path, search_cfg) -> None:
     ax.set_title(f"digits: searched (blue, {search_cfg.epochs} search epochs) vs baselines (orange); "
                  "mean ± std, dots = seeds", fontsize=9)
     ax.grid(alpha=0.3)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(fig, Path(path))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from nasdeploy.latency.table import (
     random_genotype,
     skeleton_network,
 )
+from nasdeploy.viz import save_figure
 
 
 def spearman(a, b) -> float:
@@ -253,9 +254,7 @@ def plot(report: dict, path: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def markdown(report: dict) -> str:

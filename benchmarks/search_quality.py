@@ -427,6 +427,8 @@ def report(found, trained, scored, latency, search_cfg, train_cfg, size, total, 
 def _plot(rows, latency, path: Path) -> None:
     from matplotlib.figure import Figure
 
+    from nasdeploy.viz import save_figure
+
     fig = Figure(figsize=(11, 4))
     ax = fig.add_subplot(1, 2 if latency else 1, 1)
     for i, r in enumerate(rows):
@@ -449,7 +451,7 @@ def _plot(rows, latency, path: Path) -> None:
         ax2.set_ylabel("test accuracy")
         ax2.legend(fontsize=7)
         ax2.grid(alpha=0.3)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(fig, Path(path))
 
 
 if __name__ == "__main__":

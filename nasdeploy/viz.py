@@ -57,7 +57,8 @@ def cell_dot(edges, concat, title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure (format from the suffix) atomically: temp file, then rename."""
     buf = io.BytesIO()
     fig.savefig(buf, format=path.suffix.lstrip("."), dpi=120, bbox_inches="tight")
     return atomic_write(path, buf.getvalue())
@@ -130,7 +131,7 @@ def plot_cell(edges, concat, stem: str | Path, title: str = "", engine: str = "a
         return paths
     fig = _draw_cell_matplotlib(edges, concat, title)
     for p in paths:
-        _save(fig, p)
+        save_figure(fig, p)
     return paths
 
 
@@ -174,7 +175,7 @@ def plot_alphas(normal, reduce, ops, path: str | Path, title: str = "softmax(alp
         ax.set_title(f"{name}: weights {lo:.3f}–{hi:.3f}, median margin {float(margins.median()):.3f}", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.05, pad=0.12)
     fig.suptitle(f"{title}  (red: kept edges; Δ: chosen op minus runner-up)" if chosen is not None else title)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_curves(metrics: list[dict], path: str | Path, candidates: list[dict] | None = None) -> Path:
@@ -204,7 +205,7 @@ def plot_curves(metrics: list[dict], path: str | Path, candidates: list[dict] | 
         ax.set_xlabel("candidate" if name == "candidates" else "epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def render_search(run_dir: str | Path, primitives=None) -> dict[str, Path]:

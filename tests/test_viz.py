@@ -83,3 +83,22 @@ def test_show_without_a_search_fails_with_one_error_line(tmp_path):
     res = CliRunner().invoke(main, ["show", str(tmp_path)])
     assert res.exit_code == 1
     assert res.output.strip().startswith("Error:") and "genotype.json" in res.output
+
+
+def test_save_figure_is_atomic_and_keeps_the_old_picture_when_drawing_fails(tmp_path):
+    from matplotlib.figure import Figure
+
+    from nasdeploy.viz import save_figure
+
+    path = tmp_path / "plot.png"
+    fig = Figure(figsize=(2, 2))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    save_figure(fig, path)
+    first = path.read_bytes()
+    assert first.startswith(PNG)
+    broken = Figure(figsize=(2, 2))
+    broken.add_subplot().set_title("$\\unknowncommand$")  # mathtext fails while rendering
+    with pytest.raises(ValueError):
+        save_figure(broken, path)
+    assert path.read_bytes() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
