@@ -36,7 +36,7 @@ from nasdeploy.config import PRESETS, SearchConfig, TrainConfig
 from nasdeploy.errors import NasdeployError
 from nasdeploy.latency.budget import FRESH_RUNS
 from nasdeploy.latency.kit import FreshProcessTimer
-from nasdeploy.latency.measure import INTERLEAVE, machine_fingerprint, steady_ms
+from nasdeploy.latency.measure import INTERLEAVE, load_avg, machine_fingerprint, steady_ms
 from nasdeploy.latency.model import achievable_range, genotype_latency
 from nasdeploy.latency.table import (
     DeploySpec,
@@ -105,10 +105,6 @@ def scored(table: LatencyTable, spec: DeploySpec, rows: list[dict]) -> dict:
     return {"networks": rows, "calibrated": summarize([r["predicted_ms"] for r in rows], meas),
             "raw_sum": summarize([r["raw_sum_ms"] for r in rows], meas),
             "measured_range_ms": [min(meas), max(meas)]}
-
-
-def load_avg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 _FT = FreshProcessTimer().timing()

@@ -25,6 +25,7 @@ from ..artifacts import RunDir, atomic_write, ensure_dir, write_json
 from ..config import ProfileConfig
 from ..errors import ProfileError
 from ..latency.measure import OPT_LEVELS, LatencyStats, machine_fingerprint, make_session, measure
+from ..latency.measure import load_avg as measured_load_avg
 from ..onnxio import file_sha256, graph_inputs, graph_outputs, load_onnx, random_feeds
 
 REPORT_FORMAT = "nasdeploy.latency/1"
@@ -362,7 +363,7 @@ def profile(
     feeds_by_batch = {b: random_feeds(inputs, b) for b in cfg.batch_sizes}
     fingerprint = machine_fingerprint(cfg.threads, cfg.opt_level, cfg.provider)
     sess = make_session(path, cfg.provider, cfg.threads, cfg.opt_level)
-    load_avg = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    load_avg = measured_load_avg()
 
     torch_threads = None
     if torch_model is not None:

@@ -24,7 +24,6 @@ Figures go into ``export.json`` under ``variants``.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from ..artifacts import atomic_path, atomic_write, read_json, write_json
 from ..config import EXPORT_VARIANTS, ExportConfig, ProfileConfig
 from ..data import Dataset, load_dataset, source_available
 from ..errors import ExportError, ProfileError
+from ..latency.measure import load_avg
 from ..onnxio import file_sha256, first_line, graph_inputs, graph_outputs, load_onnx, metadata, quiet, random_feeds
 
 VARIANTS = EXPORT_VARIANTS
@@ -360,7 +360,7 @@ def _evaluate(
             "rounds": rounds,
             "statistic": "median over rounds of the p50",
             # Timings taken on a busy machine are not comparable: say how busy it was.
-            "load_avg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+            "load_avg": load_avg(),
         }
     return report
 

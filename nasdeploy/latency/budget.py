@@ -39,7 +39,7 @@ from ..space.cell import alpha_rows
 from ..space.genotype import Genotype
 from ..space.primitives import candidate_ops
 from .kit import FreshProcessTimer
-from .measure import steady_ms
+from .measure import load_avg, steady_ms
 from .model import LatencyCosts, achievable_range, genotype_latency
 from .table import DeploySpec, LatencyTable, Timer, deploy_network, ort_timer, probe_genotypes
 
@@ -59,12 +59,10 @@ def _half_range(xs: Sequence[float]) -> float:
     return 0.5 * (max(xs) - min(xs)) / statistics.median(xs)
 
 
-def load_avg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def _busy() -> str:
     la = load_avg()
+    if la is None:
+        return f"{os.cpu_count()} cores"
     return (f"load average {la[0]:.2f}, {la[1]:.2f}, {la[2]:.2f} on {os.cpu_count()} cores"
             + (" (a busy machine)" if la[0] > (os.cpu_count() or 1) * 0.75 else ""))
 

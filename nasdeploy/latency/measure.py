@@ -83,6 +83,12 @@ def _check_provider(provider: str) -> str:
     return provider
 
 
+def load_avg() -> list[float] | None:
+    """The 1/5/15-min load averages, rounded (None where the OS has none): other processes on the
+    cores are the main source of run-to-run drift, so every timing record carries them."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
 def _cpu_model() -> str:
     """CPU model string: /proc/cpuinfo on Linux, else what platform knows."""
     try:
