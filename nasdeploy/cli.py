@@ -43,6 +43,25 @@ class _Group(click.Group):
             sys.exit(1)
 
 
+def _one_line_warnings() -> None:
+    """nasdeploy's own warnings (collapse, busy machine, ...) as one "Warning: ..." line on stderr,
+    without Python's file:line header and source line; other libraries' warnings as they come."""
+    import warnings
+
+    plain = warnings.showwarning
+    if getattr(plain, "_nasdeploy", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("nasdeploy"):
+            click.echo(f"Warning: {message}", err=True)
+        else:
+            plain(message, category, filename, lineno, file, line)
+
+    show._nasdeploy = True
+    warnings.showwarning = show
+
+
 def _csv_ints(ctx, param, value):
     if value is None:
         return None
@@ -73,6 +92,8 @@ def main(ctx, debug):
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if not debug:
+        _one_line_warnings()
     if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 alone reports; errors still reach stderr
         sys.stdout = open(os.devnull, "w")  # for the life of this worker process
 

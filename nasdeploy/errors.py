@@ -45,3 +45,7 @@ class ExportError(NasdeployError):
 
 class ProfileError(NasdeployError):
     """The model cannot be profiled as asked (not ONNX, bad provider, bad batch)."""
+
+
+class BusyMachineWarning(UserWarning):
+    """More threads than free cores: timings and step times will not be what a quiet machine gives."""

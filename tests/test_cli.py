@@ -74,3 +74,37 @@ def test_bad_options(tmp_path, args, needle):
 def test_debug_shows_the_traceback(tmp_path):
     r = run("--debug", "search", "--dataset", "nope", "--out", tmp_path)
     assert r.exit_code != 0 and r.exception is not None
+
+
+def test_crowded_machine_warning_names_the_crowd_and_the_fix():
+    from nasdeploy.errors import BusyMachineWarning
+    from nasdeploy.stages import warn_if_crowded
+
+    crowd = r"3 other task\(s\) .* 2 core\(s\) .* starts 2 thread\(s\).*--threads 1"
+    with pytest.warns(BusyMachineWarning, match=crowd):
+        assert warn_if_crowded(2, others=3, cores=2)
+    assert warn_if_crowded(1, others=1, cores=2) is None  # one free core for one thread: quiet
+    assert warn_if_crowded(1, others=5, cores=2) is None  # one thread only gets its time share: nothing waits
+    assert warn_if_crowded(4, others=0, cores=8) is None
+
+
+def test_runnable_tasks_counts_this_process():
+    from nasdeploy.latency.measure import runnable_tasks
+
+    n = runnable_tasks(samples=3, interval_s=0.0)
+    if n is None:
+        pytest.skip("no /proc/loadavg on this OS")
+    assert n >= 1  # the reading process itself is running
+
+
+def test_cli_prints_a_busy_machine_warning_as_one_line(tmp_path, monkeypatch):
+    import nasdeploy.latency.measure as measure
+
+    monkeypatch.setattr(measure, "runnable_tasks", lambda *a, **k: 9)  # this process + 8 others
+    r = run("search", "--dataset", "digits", "--preset", "tiny", "--epochs", 1, "--kernel", "reference",
+            "--threads", 2, "--out", tmp_path, "--quiet")
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.output.splitlines() if "other task(s)" in ln]
+    assert len(lines) == 1 and lines[0].startswith("Warning: 8 other task(s)"), r.output
+    assert "--threads 1" in lines[0]
+    assert "warnings.warn" not in r.output and "stages.py" not in r.output

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import platform
+import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -87,6 +88,25 @@ def load_avg() -> list[float] | None:
     """The 1/5/15-min load averages, rounded (None where the OS has none): other processes on the
     cores are the main source of run-to-run drift, so every timing record carries them."""
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def runnable_tasks(samples: int = 5, interval_s: float = 0.05) -> int | None:
+    """Tasks running or ready to run on the machine now, this process's included (Linux: the
+    median of a few reads of /proc/loadavg's fourth field); None where the OS does not say.
+
+    Unlike the load average, which decays over minutes after a job ends, this is the crowd a
+    job starting now will share the cores with.
+    """
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]))
+        except (OSError, IndexError, ValueError):
+            return None
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    return int(statistics.median(counts))
 
 
 def _cpu_model() -> str:
