@@ -18,6 +18,7 @@ The implementations live below: ``strategies`` (search), ``training``,
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from .config import RunConfig, config_diff, load_config, load_config_file, save_
 from .data import Dataset, load_dataset
 from .distributed import env_ranks
 from .errors import BusyMachineWarning, ConfigError, GenotypeError
+from .latency.measure import runnable_tasks
 from .runs import STAGES, is_finished, record_stage, stale_reason, update_summary
 from .strategies.dispatch import check_world, run_strategy
 
@@ -124,10 +126,6 @@ def warn_if_crowded(threads: int, others: int | None = None, cores: int | None =
     torchrun job on this host). Measured on 2 cores beside two busy processes, a 1-epoch tiny search
     took 94 s at 2 threads, 16 s at 1 thread, 10 s at 2 threads on the quiet machine.
     """
-    import os
-
-    from .latency.measure import runnable_tasks
-
     cores = cores or os.cpu_count() or 1
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if others is None:

@@ -98,9 +98,9 @@ def test_runnable_tasks_counts_this_process():
 
 
 def test_cli_prints_a_busy_machine_warning_as_one_line(tmp_path, monkeypatch):
-    import nasdeploy.latency.measure as measure
+    import nasdeploy.stages as stages
 
-    monkeypatch.setattr(measure, "runnable_tasks", lambda *a, **k: 9)  # this process + 8 others
+    monkeypatch.setattr(stages, "runnable_tasks", lambda *a, **k: 9)  # this process + 8 others
     r = run("search", "--dataset", "digits", "--preset", "tiny", "--epochs", 1, "--kernel", "reference",
             "--threads", 2, "--out", tmp_path, "--quiet")
     assert r.exit_code == 0, r.output

@@ -24,8 +24,7 @@ from typing import Any
 from ..artifacts import RunDir, atomic_write, ensure_dir, write_json
 from ..config import ProfileConfig
 from ..errors import ProfileError
-from ..latency.measure import OPT_LEVELS, LatencyStats, machine_fingerprint, make_session, measure
-from ..latency.measure import load_avg as measured_load_avg
+from ..latency.measure import OPT_LEVELS, LatencyStats, load_avg, machine_fingerprint, make_session, measure
 from ..onnxio import file_sha256, graph_inputs, graph_outputs, load_onnx, random_feeds
 
 REPORT_FORMAT = "nasdeploy.latency/1"
@@ -363,7 +362,7 @@ def profile(
     feeds_by_batch = {b: random_feeds(inputs, b) for b in cfg.batch_sizes}
     fingerprint = machine_fingerprint(cfg.threads, cfg.opt_level, cfg.provider)
     sess = make_session(path, cfg.provider, cfg.threads, cfg.opt_level)
-    load_avg = measured_load_avg()
+    load_before = load_avg()  # before timing
 
     torch_threads = None
     if torch_model is not None:
@@ -409,7 +408,7 @@ def profile(
         config=cfg,
         batches=batches,
         ops=ops,
-        load_avg=load_avg,
+        load_avg=load_before,
     )
     if run is not None:
         report.files = {
