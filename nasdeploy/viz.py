@@ -194,8 +194,9 @@ def plot_curves(metrics: list[dict], path: str | Path, candidates: list[dict] | 
     for ax, (name, keys) in zip(axes, panels):
         rows = candidates if name == "candidates" else metrics
         xkey = "index" if name == "candidates" else "epoch"
+        shift = 1 if xkey == "epoch" else 0  # search records count epochs from 0; the CLI and titles from 1
         for key in keys:
-            pts = [(r[xkey], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            pts = [(r[xkey] + shift, r[key]) for r in rows if isinstance(r.get(key), (int, float))]
             if pts:
                 ax.plot(*zip(*pts), marker="." if name == "candidates" and key == "score" else "o",
                         ls="" if key == "score" else "-", ms=3, label=key)

@@ -102,3 +102,13 @@ def test_save_figure_is_atomic_and_keeps_the_old_picture_when_drawing_fails(tmp_
         save_figure(broken, path)
     assert path.read_bytes() == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
+
+
+def test_curves_count_epochs_from_one_like_the_cli(tmp_path, monkeypatch):
+    import nasdeploy.viz as viz
+
+    figs = []
+    monkeypatch.setattr(viz, "save_figure", lambda fig, path: figs.append(fig) or path)
+    viz.plot_curves([{"epoch": e, "train_loss": 1.0 / (e + 1)} for e in range(3)], tmp_path / "c.png")
+    (line,) = figs[0].axes[0].lines
+    assert list(line.get_xdata()) == [1, 2, 3]  # records 0, 1, 2 = the CLI's "epoch 1/3 .. 3/3"
